@@ -1,0 +1,1 @@
+//! Suture: a sidecar proxy that heals broken database connections.
