@@ -1,1 +1,7 @@
 //! Suture: a sidecar proxy that heals broken database connections.
+pub mod config;
+pub mod net;
+mod pool;
+mod postgres;
+pub mod server;
+mod stream;

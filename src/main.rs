@@ -1,1 +1,127 @@
-fn main() {}
+//! The `suture` command: run the proxy, or check a configuration file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use suture::config::{Config, ConfigError, LogConfig, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "suture", version, about)]
+struct Cli {
+    /// Configuration file (TOML); `SUTURE__SECTION__KEY` environment variables override it.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "SUTURE_CONFIG",
+        default_value = "suture.toml",
+        value_name = "FILE"
+    )]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the configuration, print every problem found and exit non-zero if there is one.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig) => check_config(&cli.config),
+        None => match run(&cli.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = format!("{err:#}"), "suture stopped");
+                eprintln!("suture: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!("config OK: {} pool(s)", config.pools.len());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            report_config_error(path, &err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report_config_error(path: &Path, err: &ConfigError) {
+    match err {
+        ConfigError::Invalid(problems) => {
+            eprintln!("{}: {} problem(s):", path.display(), problems.len());
+            for problem in problems.iter() {
+                eprintln!("  {problem}");
+            }
+        }
+        other => eprintln!("{}: {}", path.display(), error_chain(other)),
+    }
+}
+
+/// `error: cause: cause ...`, for errors we only hold by reference.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            report_config_error(path, &err);
+            anyhow::bail!("invalid configuration");
+        }
+    };
+    init_tracing(&config.log)?;
+    tracing::info!(
+        config = %path.display(),
+        pools = config.pools.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "starting suture"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(suture::server::run(config))?;
+    Ok(())
+}
+
+/// Text or JSON lines on stderr; `RUST_LOG`, when set, overrides `log.level`.
+fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => {
+            EnvFilter::try_new(&directives).context("invalid RUST_LOG")?
+        }
+        _ => EnvFilter::try_new(&log.level).context("invalid log.level")?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let result = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|err| anyhow::anyhow!("cannot install the log subscriber: {err}"))
+}

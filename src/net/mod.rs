@@ -1,0 +1,13 @@
+//! Backend network plumbing: asynchronous DNS, TCP connect with deadlines, socket options and TLS.
+//!
+//! Every step here has its own deadline (DESIGN §6); nothing blocks a runtime thread.
+
+pub mod connect;
+pub mod dns;
+pub mod socket;
+pub mod tls;
+
+pub use connect::{connect_tcp, ConnectError};
+pub use dns::{DnsError, Resolver};
+pub use socket::{configure_backend_socket, configure_client_socket};
+pub use tls::{BackendTls, TlsError};

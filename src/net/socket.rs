@@ -1,0 +1,73 @@
+//! Socket options for both sides of the proxy.
+//!
+//! Backend sockets get keepalive probes and `TCP_USER_TIMEOUT` so a peer that vanished without a
+//! FIN or RST (a NAT table entry dropped, a host gone dark) is noticed within about a minute
+//! instead of the kernel's default of hours (field reports F1 and F3).
+
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpStream;
+
+/// Idle time before the first keepalive probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the kernel drops the connection.
+pub const KEEPALIVE_RETRIES: u32 = 3;
+/// How long sent data may stay unacknowledged before the kernel drops the connection.
+pub const USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `TCP_NODELAY`, keepalive (30 s idle, 10 s interval, 3 probes) and, on Linux,
+/// `TCP_USER_TIMEOUT` of 30 s.
+pub fn configure_backend_socket(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let sock = SockRef::from(stream);
+    let keepalive = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    #[cfg(not(any(target_os = "openbsd", target_os = "windows")))]
+    let keepalive = keepalive.with_retries(KEEPALIVE_RETRIES);
+    sock.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    sock.set_tcp_user_timeout(Some(USER_TIMEOUT))?;
+    Ok(())
+}
+
+/// `TCP_NODELAY`: replies to clients are already batched by the proxy.
+pub fn configure_client_socket(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn backend_options_are_set() -> std::io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let stream = TcpStream::connect(listener.local_addr()?).await?;
+        configure_backend_socket(&stream)?;
+        let sock = SockRef::from(&stream);
+        assert!(sock.tcp_nodelay()?);
+        assert!(sock.keepalive()?);
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(sock.tcp_keepalive_time()?, KEEPALIVE_IDLE);
+            assert_eq!(sock.tcp_keepalive_interval()?, KEEPALIVE_INTERVAL);
+            assert_eq!(sock.tcp_keepalive_retries()?, KEEPALIVE_RETRIES);
+            assert_eq!(sock.tcp_user_timeout()?, Some(USER_TIMEOUT));
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn client_options_are_set() -> std::io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let stream = TcpStream::connect(listener.local_addr()?).await?;
+        configure_client_socket(&stream)?;
+        assert!(SockRef::from(&stream).tcp_nodelay()?);
+        Ok(())
+    }
+}

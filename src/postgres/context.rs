@@ -1,0 +1,118 @@
+//! What every PostgreSQL session and backend connection of one pool shares: the backend
+//! servers and how to reach them, the users' derived secrets, the pool itself and the cancel
+//! registry. Built once per pool at start.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::ServerAddr;
+use crate::config::{PoolConfig, Timeouts};
+use crate::net::dns::Resolver;
+use crate::net::tls::{BackendTls, TlsError};
+use crate::pool::{Manager, Pool, PoolSettings};
+use crate::postgres::backend::{self, BackendConn, BackendError};
+use crate::postgres::cancel::CancelRegistry;
+use crate::postgres::client_auth::UserSecrets;
+
+/// Which sub-pool a backend connection belongs to: what PostgreSQL fixes at login and `SET`
+/// cannot change afterwards.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PgKey {
+    pub(crate) user: String,
+    pub(crate) database: String,
+    /// The `options` startup parameter, passed through verbatim.
+    pub(crate) options: Option<String>,
+}
+
+/// How to open backend connections for one pool.
+pub(crate) struct BackendContext {
+    pub(crate) pool_name: String,
+    pub(crate) resolver: Resolver,
+    pub(crate) servers: Vec<ServerAddr>,
+    pub(crate) tls: BackendTls,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) max_message_size: usize,
+    pub(crate) users: HashMap<String, UserSecrets>,
+}
+
+/// The pool's [`Manager`] for PostgreSQL.
+pub(crate) struct PgManager {
+    ctx: Arc<BackendContext>,
+}
+
+impl Manager for PgManager {
+    type Key = PgKey;
+    type Conn = BackendConn;
+    type Error = BackendError;
+
+    async fn connect(&self, key: &PgKey) -> Result<BackendConn, BackendError> {
+        backend::connect(&self.ctx, key).await
+    }
+
+    fn is_usable(&self, conn: &BackendConn) -> bool {
+        !conn.broken
+    }
+}
+
+/// Everything a PostgreSQL client session of one pool needs.
+pub(crate) struct PgService {
+    pub(crate) config: PoolConfig,
+    pub(crate) backend: Arc<BackendContext>,
+    pub(crate) pool: Pool<PgManager>,
+    pub(crate) cancels: Arc<CancelRegistry>,
+}
+
+impl PgService {
+    /// Derives every user's secrets (PBKDF2 once per user, here) and builds the pool.
+    pub(crate) fn new(
+        config: PoolConfig,
+        resolver: Resolver,
+        cancels: Arc<CancelRegistry>,
+    ) -> Result<Arc<PgService>, TlsError> {
+        let users = config
+            .users
+            .values()
+            .map(|user| {
+                (
+                    user.name.clone(),
+                    UserSecrets::derive(user.password.expose()),
+                )
+            })
+            .collect();
+        let backend = Arc::new(BackendContext {
+            pool_name: config.name.clone(),
+            resolver,
+            servers: config.servers.clone(),
+            tls: BackendTls::new(&config.tls)?,
+            timeouts: config.timeouts.clone(),
+            max_message_size: config.limits.max_message_size,
+            users,
+        });
+        let settings = PoolSettings {
+            min_idle: config.sizes.min_idle,
+            max_size: config.sizes.max_size,
+            max_waiters: config.sizes.max_waiters,
+            checkout_timeout: config.timeouts.checkout,
+            idle_timeout: config.timeouts.idle,
+            max_lifetime: config.timeouts.max_lifetime,
+        };
+        let pool = Pool::new(
+            &config.name,
+            PgManager {
+                ctx: Arc::clone(&backend),
+            },
+            settings,
+        );
+        Ok(Arc::new(PgService {
+            config,
+            backend,
+            pool,
+            cancels,
+        }))
+    }
+
+    /// The secrets of a configured user.
+    pub(crate) fn user(&self, name: &str) -> Option<&UserSecrets> {
+        self.backend.users.get(name)
+    }
+}

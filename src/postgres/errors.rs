@@ -1,0 +1,139 @@
+//! Errors of a PostgreSQL client session, each with the ErrorResponse the client is shown and a
+//! fixed metrics label. The client sees a SQLSTATE and a message that never leak internals beyond
+//! the cause class.
+
+use std::io;
+
+use suture_protocol::pg::ErrorFields;
+use suture_protocol::ProtocolError;
+
+use crate::pool::PoolError;
+use crate::postgres::backend::{BackendError, RunError};
+use crate::postgres::wire::WireError;
+
+/// Why a client session (login or command phase) ended with an error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientError {
+    /// Reading from or writing to the client failed, or it closed mid-message.
+    #[error("client connection: {0}")]
+    Wire(#[from] WireError),
+    /// The client broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The startup packet named no user.
+    #[error("no user name in startup packet")]
+    NoUser,
+    /// Wrong password or unknown user (deliberately the same to the client).
+    #[error("password authentication failed for user {0:?}")]
+    AuthFailed(String),
+    /// Something Suture does not proxy.
+    #[error("{0} are not supported")]
+    Unsupported(&'static str),
+    /// The client did not finish logging in within the deadline.
+    #[error("login timed out")]
+    LoginTimeout,
+    /// No backend connection could be had.
+    #[error("no backend connection: {0}")]
+    Pool(#[from] PoolError<BackendError>),
+    /// The startup settings could not be applied on the backend.
+    #[error("could not apply startup settings: {0}")]
+    Settings(#[from] RunError),
+    /// The backend connection failed during the session.
+    #[error("backend connection lost: {0}")]
+    BackendLost(WireError),
+}
+
+impl From<io::Error> for ClientError {
+    fn from(err: io::Error) -> Self {
+        ClientError::Wire(WireError::Io(err))
+    }
+}
+
+impl From<ProtocolError> for ClientError {
+    fn from(err: ProtocolError) -> Self {
+        ClientError::Wire(WireError::Protocol(err))
+    }
+}
+
+/// An ErrorResponse to send to the client.
+pub(crate) struct ClientNotice {
+    pub(crate) severity: &'static str,
+    pub(crate) code: String,
+    pub(crate) message: String,
+    pub(crate) detail: Option<String>,
+}
+
+fn fatal(code: &str, message: impl Into<String>) -> Option<ClientNotice> {
+    Some(ClientNotice {
+        severity: "FATAL",
+        code: code.to_owned(),
+        message: message.into(),
+        detail: None,
+    })
+}
+
+fn from_server(fields: &ErrorFields) -> Option<ClientNotice> {
+    Some(ClientNotice {
+        severity: "FATAL",
+        code: fields.code.clone(),
+        message: fields.message.clone(),
+        detail: fields.detail.clone(),
+    })
+}
+
+impl ClientError {
+    /// What the client is told, if anything can still be told (not when its socket failed).
+    pub(crate) fn notice(&self) -> Option<ClientNotice> {
+        match self {
+            ClientError::Wire(WireError::Protocol(err)) => {
+                fatal("08P01", format!("invalid message: {err}"))
+            }
+            ClientError::Wire(WireError::Timeout(_)) | ClientError::Wire(_) => None,
+            ClientError::Protocol(what) => fatal("08P01", format!("protocol violation: {what}")),
+            ClientError::NoUser => fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            ),
+            ClientError::AuthFailed(user) => fatal(
+                "28P01",
+                format!("password authentication failed for user \"{user}\""),
+            ),
+            ClientError::Unsupported(what) => {
+                fatal("0A000", format!("{what} are not supported by Suture"))
+            }
+            ClientError::LoginTimeout => {
+                fatal("08P01", "timed out waiting for the client to log in")
+            }
+            ClientError::Pool(PoolError::Connect(BackendError::Refused(fields))) => {
+                from_server(fields)
+            }
+            ClientError::Pool(PoolError::QueueFull) => {
+                fatal("53300", "sorry, too many clients already")
+            }
+            ClientError::Pool(err @ PoolError::WaitTimeout(_)) => fatal("53300", err.to_string()),
+            ClientError::Pool(err) => fatal(
+                "08006",
+                format!("could not connect to the database server: {err}"),
+            ),
+            ClientError::Settings(RunError::Server(fields)) => from_server(fields),
+            ClientError::Settings(err) => {
+                fatal("08006", format!("could not apply startup settings: {err}"))
+            }
+            ClientError::BackendLost(_) => {
+                fatal("08006", "server closed the connection unexpectedly")
+            }
+        }
+    }
+
+    /// Label for `suture_client_connections_total{result}` when the session ends with this error.
+    pub(crate) fn metrics_label(&self) -> &'static str {
+        match self {
+            ClientError::AuthFailed(_) | ClientError::NoUser => "auth_failed",
+            ClientError::Pool(PoolError::QueueFull) => "rejected",
+            ClientError::Wire(WireError::Protocol(_))
+            | ClientError::Protocol(_)
+            | ClientError::LoginTimeout => "protocol_error",
+            _ => "error",
+        }
+    }
+}

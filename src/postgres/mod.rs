@@ -1,0 +1,16 @@
+//! The PostgreSQL side of Suture: client login, backend connections, the relay and the
+//! bookkeeping healing needs.
+
+mod backend;
+pub(crate) mod cancel;
+mod client_auth;
+mod client_login;
+mod context;
+mod errors;
+mod relay;
+mod session;
+mod tracker;
+mod wire;
+
+pub(crate) use context::PgService;
+pub(crate) use session::serve;

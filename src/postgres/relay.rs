@@ -1,0 +1,314 @@
+//! The command phase: bytes relayed in both directions at once, message-aware but zero-copy.
+//!
+//! Each direction reads into its own buffer, walks the complete messages with the protocol
+//! crate's `Scanner` (huge DataRow/CopyData messages stream through in pieces), records what
+//! DESIGN §3 needs in the shared `Tracker`, and writes every forwardable prefix with a single
+//! write. Client→backend, extended-protocol messages (Parse, Bind, Describe, Execute, Close) are
+//! held until their Sync or Flush, so a batch reaches the backend whole or not at all; Query,
+//! FunctionCall and COPY data go at once. Both directions run as two futures of one task; the
+//! buffers live outside them, so dropping one mid-read loses nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use suture_protocol::pg::{self, Scanner, Step, HEADER_LEN};
+use suture_protocol::ProtocolError;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::postgres::tracker::{may_change_session, Shared};
+use crate::postgres::wire::WireError;
+
+/// Held (unsent) extended-protocol bytes above this are sent without waiting for Sync.
+const MAX_HELD_BATCH: usize = 1024 * 1024;
+/// Reads ask for at least this much room in the client buffer.
+const CLIENT_READ_CHUNK: usize = 8 * 1024;
+/// Reads ask for at least this much room in the backend buffer (results are larger).
+const BACKEND_READ_CHUNK: usize = 32 * 1024;
+
+/// Limits a relay runs under.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RelayLimits {
+    pub(crate) max_message_size: usize,
+    pub(crate) client_write: Duration,
+    pub(crate) backend_write: Duration,
+}
+
+/// How a relay direction ended.
+#[derive(Debug)]
+pub(crate) enum RelayEnd {
+    /// The client sent Terminate.
+    ClientTerminated,
+    /// The client closed its socket (or it failed).
+    ClientGone(WireError),
+    /// The client sent bytes that are not valid protocol.
+    ClientProtocol(ProtocolError),
+    /// The backend closed, failed or stopped reading.
+    BackendGone(WireError),
+}
+
+/// Whether the client's byte stream is at a message boundary, so Suture may still write an
+/// ErrorResponse of its own into it.
+#[derive(Default)]
+pub(crate) struct ClientBoundary {
+    mid_message: AtomicBool,
+}
+
+impl ClientBoundary {
+    /// True when an ErrorResponse written now would be read as a whole message.
+    pub(crate) fn at_boundary(&self) -> bool {
+        !self.mid_message.load(Ordering::Acquire)
+    }
+}
+
+/// Client → backend. Returns when the client terminates, leaves or errs, or the backend fails.
+pub(crate) async fn client_to_backend<C, B>(
+    client: &mut C,
+    cbuf: &mut BytesMut,
+    backend: &mut B,
+    shared: &Shared,
+    limits: RelayLimits,
+) -> RelayEnd
+where
+    C: AsyncRead + Unpin,
+    B: AsyncWrite + Unpin,
+{
+    let mut scanner = Scanner::for_client(limits.max_message_size);
+    // cbuf[..scanned] has been walked; cbuf[..flush_to] may be sent.
+    let mut scanned = 0;
+    loop {
+        let mut flush_to = 0;
+        let mut terminate_at = None;
+        loop {
+            match scanner.next(cbuf, scanned) {
+                Ok(Step::Message { tag, start, end }) => {
+                    if tag == b'X' {
+                        terminate_at = Some(start);
+                        break;
+                    }
+                    let body = &cbuf[start + HEADER_LEN..end];
+                    if note_client_message(tag, body, shared) {
+                        flush_to = end;
+                    }
+                    scanned = end;
+                }
+                Ok(Step::Passthrough { end, .. }) => {
+                    scanned = end;
+                    flush_to = end;
+                }
+                Ok(Step::NeedMore) => break,
+                Err(err) => return RelayEnd::ClientProtocol(err),
+            }
+        }
+        if let Some(at) = terminate_at {
+            if at > 0 {
+                if let Err(err) =
+                    write_tracked(backend, &cbuf[..at], shared, limits.backend_write).await
+                {
+                    return RelayEnd::BackendGone(err);
+                }
+            }
+            return RelayEnd::ClientTerminated;
+        }
+        if scanned > MAX_HELD_BATCH {
+            flush_to = scanned;
+        }
+        if flush_to > 0 {
+            if let Err(err) =
+                write_tracked(backend, &cbuf[..flush_to], shared, limits.backend_write).await
+            {
+                return RelayEnd::BackendGone(err);
+            }
+            cbuf.advance(flush_to);
+            scanned -= flush_to;
+        }
+        cbuf.reserve(CLIENT_READ_CHUNK);
+        match client.read_buf(cbuf).await {
+            Ok(0) => return RelayEnd::ClientGone(WireError::Closed),
+            Ok(_) => {}
+            Err(err) => return RelayEnd::ClientGone(WireError::Io(err)),
+        }
+    }
+}
+
+/// Records one client message; returns whether it ends a batch (so everything up to it is sent).
+fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
+    match tag {
+        // Parse, Bind, Describe, Execute, Close: held until Sync or Flush.
+        b'P' => {
+            let changes = match pg::parse_parse_message(body) {
+                Ok((name, sql)) => !name.is_empty() || may_change_session(sql),
+                Err(_) => true,
+            };
+            if changes {
+                shared.lock().dirty = true;
+            }
+            false
+        }
+        b'B' | b'D' | b'E' | b'C' => false,
+        b'S' => {
+            shared.lock().request_sent();
+            true
+        }
+        b'Q' => {
+            let changes = pg::parse_query(body)
+                .map(may_change_session)
+                .unwrap_or(true);
+            let mut tracker = shared.lock();
+            tracker.dirty |= changes;
+            tracker.request_sent();
+            true
+        }
+        b'F' => {
+            let mut tracker = shared.lock();
+            tracker.dirty = true;
+            tracker.request_sent();
+            true
+        }
+        // Flush, CopyData, CopyDone, CopyFail and anything else: send now.
+        _ => true,
+    }
+}
+
+/// Writes `bytes` to the backend, counting every byte the kernel accepted (DESIGN §3 rule 2).
+async fn write_tracked<B: AsyncWrite + Unpin>(
+    backend: &mut B,
+    mut bytes: &[u8],
+    shared: &Shared,
+    limit: Duration,
+) -> Result<(), WireError> {
+    let write = async {
+        while !bytes.is_empty() {
+            let n = backend.write(bytes).await.map_err(WireError::Io)?;
+            if n == 0 {
+                return Err(WireError::Closed);
+            }
+            shared.lock().bytes_to_backend += n as u64;
+            bytes = &bytes[n..];
+        }
+        backend.flush().await.map_err(WireError::Io)
+    };
+    tokio::time::timeout(limit, write)
+        .await
+        .unwrap_or(Err(WireError::Timeout(limit)))
+}
+
+/// What the backend→client direction needs to know about its session.
+pub(crate) struct BackendSide<'a> {
+    /// The process ID the client was given; notifications from the client's own backend are
+    /// rewritten to carry it.
+    pub(crate) client_process_id: i32,
+    pub(crate) backend_process_id: i32,
+    /// The backend's reportable parameters, updated from ParameterStatus.
+    pub(crate) params: &'a mut std::collections::BTreeMap<String, String>,
+    pub(crate) boundary: &'a ClientBoundary,
+}
+
+/// Backend → client. Returns when either side fails or closes.
+pub(crate) async fn backend_to_client<B, C>(
+    backend: &mut B,
+    bbuf: &mut BytesMut,
+    client: &mut C,
+    shared: &Shared,
+    side: BackendSide<'_>,
+    limits: RelayLimits,
+) -> RelayEnd
+where
+    B: AsyncRead + Unpin,
+    C: AsyncWrite + Unpin,
+{
+    let mut scanner = Scanner::new(limits.max_message_size);
+    loop {
+        let mut pos = 0;
+        loop {
+            match scanner.next(bbuf, pos) {
+                Ok(Step::Message { tag, start, end }) => {
+                    if tag == b'S' {
+                        record_parameter_status(&bbuf[start..end], side.params);
+                    } else {
+                        note_backend_message(tag, &mut bbuf[start..end], shared, &side);
+                    }
+                    pos = end;
+                }
+                Ok(Step::Passthrough { end, .. }) => pos = end,
+                Ok(Step::NeedMore) => break,
+                Err(err) => return RelayEnd::BackendGone(WireError::Protocol(err)),
+            }
+        }
+        if pos > 0 {
+            side.boundary.mid_message.store(true, Ordering::Release);
+            let written = write_client(client, &bbuf[..pos], limits.client_write).await;
+            if let Err(err) = written {
+                return RelayEnd::ClientGone(err);
+            }
+            side.boundary
+                .mid_message
+                .store(scanner.in_message(), Ordering::Release);
+            shared.lock().bytes_to_client += pos as u64;
+            bbuf.advance(pos);
+        }
+        bbuf.reserve(BACKEND_READ_CHUNK);
+        match backend.read_buf(bbuf).await {
+            Ok(0) => return RelayEnd::BackendGone(WireError::Closed),
+            Ok(_) => {}
+            Err(err) => return RelayEnd::BackendGone(WireError::Io(err)),
+        }
+    }
+}
+
+async fn write_client<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), WireError> {
+    let write = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(result) => result.map_err(WireError::Io),
+        Err(_) => Err(WireError::Timeout(limit)),
+    }
+}
+
+/// Records one backend message (`message` is the whole message, header included; it may be
+/// rewritten in place).
+fn note_backend_message(tag: u8, message: &mut [u8], shared: &Shared, side: &BackendSide<'_>) {
+    let body_start = HEADER_LEN.min(message.len());
+    match tag {
+        b'Z' => {
+            if let Ok(status) = pg::parse_ready_for_query(&message[body_start..]) {
+                shared.lock().ready(status);
+            }
+        }
+        b'A' if side.client_process_id != side.backend_process_id => {
+            if let Ok(pid) = pg::parse_notification_pid(&message[body_start..]) {
+                if pid == side.backend_process_id {
+                    if let Some(field) = message.get_mut(body_start..body_start + 4) {
+                        field.copy_from_slice(&side.client_process_id.to_be_bytes());
+                    }
+                }
+            }
+        }
+        b'E' => {
+            if let Ok(fields) = pg::parse_error_fields(&message[body_start..]) {
+                if fields.severity == "FATAL" || fields.severity == "PANIC" {
+                    shared.lock().fatal_code = Some(fields.code);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Applies a ParameterStatus message to the backend's recorded parameters.
+fn record_parameter_status(
+    message: &[u8],
+    params: &mut std::collections::BTreeMap<String, String>,
+) {
+    if let Some(body) = message.get(HEADER_LEN..) {
+        if let Ok((name, value)) = pg::parse_parameter_status(body) {
+            params.insert(name.to_owned(), value.to_owned());
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! One PostgreSQL client connection from accept to close, as a chain of stages: login (with the
+//! client-login deadline) → checkout of a backend for (user, database, options) → applying the
+//! client's startup settings → the login reply → the relay → releasing the backend (reset with
+//! DISCARD ALL when the client changed session state, or closed when it is not at rest).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use suture_protocol::pg::{self, TxStatus};
+use tokio::net::TcpStream;
+
+use crate::pool::Checkout;
+use crate::postgres::backend::{BackendConn, RunError};
+use crate::postgres::cancel::{CancelHandle, CancelTarget};
+use crate::postgres::client_login::{self, ClientLogin, LoginOutcome};
+use crate::postgres::context::{PgKey, PgManager, PgService};
+use crate::postgres::errors::{ClientError, ClientNotice};
+use crate::postgres::relay::{self, BackendSide, ClientBoundary, RelayEnd, RelayLimits};
+use crate::postgres::tracker::{Shared, Tracker};
+use crate::postgres::wire;
+
+/// Serves one client connection until it ends. Never panics on client input; every error is
+/// reported to the client where the protocol allows and logged.
+pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let login_limit = svc.config.timeouts.client_login;
+    let login = match tokio::time::timeout(
+        login_limit,
+        client_login::login(&svc, &mut stream, &mut buf),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::LoginTimeout),
+    };
+    let login = match login {
+        Ok(LoginOutcome::Authenticated(login)) => login,
+        Ok(LoginOutcome::Cancelled) => return,
+        Err(err) => return fail(&svc, &mut stream, err).await,
+    };
+    let key = PgKey {
+        user: login.user.clone(),
+        database: login.database.clone(),
+        options: login.options.clone(),
+    };
+    let mut checkout = match svc.pool.checkout(&key).await {
+        Ok(checkout) => checkout,
+        Err(err) => return fail(&svc, &mut stream, ClientError::Pool(err)).await,
+    };
+    if let Err(err) = apply_settings(&svc, checkout.conn(), &login).await {
+        return fail(&svc, &mut stream, ClientError::Settings(err)).await;
+    }
+    let conn = checkout.conn();
+    let target = CancelTarget {
+        addr: conn.addr,
+        process_id: conn.process_id,
+        secret_key: conn.secret_key,
+    };
+    let cancel = svc.cancels.register(conn.process_id, target);
+    let reply = match login_reply(conn, &cancel) {
+        Ok(reply) => reply,
+        Err(err) => return fail(&svc, &mut stream, ClientError::from(err)).await,
+    };
+    if let Err(err) = wire::write_all(&mut stream, &reply, svc.config.timeouts.client_write).await {
+        tracing::debug!(error = %err, "client left during login");
+        return;
+    }
+    metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "accepted").increment(1);
+    tracing::debug!(user = %login.user, database = %login.database, backend_pid = conn.process_id, "session started");
+    run_session(&svc, stream, buf, checkout).await;
+    drop(cancel);
+}
+
+/// Tells the client why it cannot be served, counts and logs it, and lets the connection close.
+async fn fail(svc: &PgService, stream: &mut TcpStream, err: ClientError) {
+    metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => err.metrics_label())
+        .increment(1);
+    tracing::info!(pool = %svc.config.name, error = %err, "client refused");
+    if let Some(notice) = err.notice() {
+        send_notice(stream, &notice, svc.config.timeouts.client_write).await;
+    }
+}
+
+async fn send_notice<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    notice: &ClientNotice,
+    limit: std::time::Duration,
+) {
+    let mut out = BytesMut::new();
+    let encoded = pg::encode_error_response(
+        notice.severity,
+        &notice.code,
+        &notice.message,
+        notice.detail.as_deref(),
+        &mut out,
+    );
+    if encoded.is_err() {
+        // Only a NUL inside a server-provided text can get here: say less rather than nothing.
+        out.clear();
+        let _ = pg::encode_error_response(
+            notice.severity,
+            &notice.code,
+            "connection failed",
+            None,
+            &mut out,
+        );
+    }
+    // Best effort: the client may already be gone.
+    let _ = wire::write_all(writer, &out, limit).await;
+}
+
+/// AuthenticationOk, the backend's ParameterStatus set, BackendKeyData (the backend's real
+/// process ID with Suture's own key) and ReadyForQuery, in one buffer.
+fn login_reply(
+    conn: &BackendConn,
+    cancel: &CancelHandle,
+) -> Result<BytesMut, suture_protocol::ProtocolError> {
+    let mut out = BytesMut::with_capacity(512);
+    pg::encode_auth_ok(&mut out);
+    for (name, value) in &conn.params {
+        pg::encode_parameter_status(name, value, &mut out)?;
+    }
+    pg::encode_backend_key_data(conn.process_id, cancel.secret_key(), &mut out);
+    pg::encode_ready_for_query(TxStatus::Idle, &mut out);
+    Ok(out)
+}
+
+/// Brings the backend's run-time settings to what this client asked for at startup: SET what
+/// differs, RESET what a previous client set and this one did not ask for. Nothing is sent
+/// when the backend already matches.
+async fn apply_settings(
+    svc: &PgService,
+    conn: &mut BackendConn,
+    login: &ClientLogin,
+) -> Result<(), RunError> {
+    let wanted: BTreeMap<String, String> = login.settings.iter().cloned().collect();
+    let Some(sql) = settings_sql(&conn.applied, &conn.params, &wanted) else {
+        return Ok(());
+    };
+    conn.run_internal(
+        &sql,
+        svc.config.timeouts.reset,
+        svc.config.limits.max_message_size,
+    )
+    .await?;
+    conn.applied = wanted;
+    Ok(())
+}
+
+/// The statements that move a backend from `applied` (what Suture set before) to `wanted`;
+/// `None` when nothing needs to change. `set_config` is used rather than `SET` because it takes
+/// the value as the startup packet does (a list such as `a, b` stays a list).
+fn settings_sql(
+    applied: &BTreeMap<String, String>,
+    reported: &BTreeMap<String, String>,
+    wanted: &BTreeMap<String, String>,
+) -> Option<String> {
+    let mut resets = Vec::new();
+    for name in applied.keys().filter(|name| !wanted.contains_key(*name)) {
+        resets.push(format!("RESET {}", quote_guc_name(name)));
+    }
+    let mut sets = Vec::new();
+    for (name, value) in wanted {
+        let current = applied.get(name).or_else(|| reported.get(name));
+        if current != Some(value) {
+            sets.push(format!(
+                "set_config({}, {}, false)",
+                quote_literal(name),
+                quote_literal(value)
+            ));
+        }
+    }
+    if resets.is_empty() && sets.is_empty() {
+        return None;
+    }
+    let mut sql = resets.join("; ");
+    if !sets.is_empty() {
+        if !sql.is_empty() {
+            sql.push_str("; ");
+        }
+        sql.push_str("SELECT ");
+        sql.push_str(&sets.join(", "));
+    }
+    Some(sql)
+}
+
+/// A SQL string literal (standard_conforming_strings on, PostgreSQL's default since 9.1).
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A setting name as identifiers: `a.b` → `"a"."b"`.
+fn quote_guc_name(name: &str) -> String {
+    name.split('.')
+        .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The command phase, then releasing the backend.
+async fn run_session(
+    svc: &PgService,
+    stream: TcpStream,
+    mut cbuf: BytesMut,
+    mut checkout: Checkout<PgManager>,
+) {
+    let (mut client_read, mut client_write) = stream.into_split();
+    let shared = Shared::default();
+    let boundary = ClientBoundary::default();
+    let limits = RelayLimits {
+        max_message_size: svc.config.limits.max_message_size,
+        client_write: svc.config.timeouts.client_write,
+        backend_write: svc.config.timeouts.backend_write,
+    };
+    let conn = checkout.conn();
+    let client_process_id = conn.process_id;
+    let end = {
+        let BackendConn {
+            reader,
+            writer,
+            rbuf,
+            params,
+            process_id,
+            ..
+        } = conn;
+        let side = BackendSide {
+            client_process_id,
+            backend_process_id: *process_id,
+            params,
+            boundary: &boundary,
+        };
+        let up = relay::client_to_backend(&mut client_read, &mut cbuf, writer, &shared, limits);
+        let down = relay::backend_to_client(reader, rbuf, &mut client_write, &shared, side, limits);
+        tokio::select! {
+            end = up => end,
+            end = down => end,
+        }
+    };
+    let tracker = std::mem::take(&mut *shared.lock());
+    match end {
+        RelayEnd::ClientTerminated => tracing::debug!("client terminated the session"),
+        RelayEnd::ClientGone(err) => tracing::debug!(error = %err, "client left"),
+        RelayEnd::ClientProtocol(err) => {
+            tracing::info!(pool = %svc.config.name, error = %err, "client protocol violation");
+            metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "protocol_error")
+                .increment(1);
+            if boundary.at_boundary() {
+                let notice = ClientError::from(err).notice();
+                if let Some(notice) = notice {
+                    send_notice(&mut client_write, &notice, limits.client_write).await;
+                }
+            }
+        }
+        RelayEnd::BackendGone(err) => {
+            tracing::warn!(pool = %svc.config.name, error = %err, fatal = ?tracker.fatal_code, "backend connection lost");
+            checkout.conn().broken = true;
+            if boundary.at_boundary() {
+                if let Some(notice) = ClientError::BackendLost(err).notice() {
+                    send_notice(&mut client_write, &notice, limits.client_write).await;
+                }
+            }
+        }
+    }
+    drop(client_write);
+    release(svc, checkout, &tracker).await;
+}
+
+/// Returns the backend to the pool if it is at rest (reset first if the session may have
+/// changed state), else closes it.
+async fn release(svc: &PgService, mut checkout: Checkout<PgManager>, tracker: &Tracker) {
+    let conn = checkout.conn();
+    if conn.broken || !tracker.at_rest() {
+        return; // dropping the checkout closes the connection
+    }
+    if tracker.dirty {
+        let reset = conn.run_internal(
+            "DISCARD ALL",
+            svc.config.timeouts.reset,
+            svc.config.limits.max_message_size,
+        );
+        if let Err(err) = reset.await {
+            tracing::info!(pool = %svc.config.name, error = %err, "backend reset failed; closing it");
+            return;
+        }
+        conn.applied.clear();
+    }
+    conn.rbuf.clear();
+    checkout.checkin();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn nothing_to_do_when_backend_matches() {
+        let reported = map(&[("application_name", "psql"), ("client_encoding", "UTF8")]);
+        assert_eq!(
+            settings_sql(&map(&[]), &reported, &map(&[("client_encoding", "UTF8")])),
+            None
+        );
+        assert_eq!(
+            settings_sql(
+                &map(&[("application_name", "psql")]),
+                &reported,
+                &map(&[("application_name", "psql")])
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn differing_settings_are_set_and_stale_ones_reset() {
+        let sql = settings_sql(
+            &map(&[("application_name", "old"), ("x.y", "1")]),
+            &map(&[]),
+            &map(&[("application_name", "it's new"), ("search_path", "a, b")]),
+        );
+        assert_eq!(
+            sql.as_deref(),
+            Some(
+                "RESET \"x\".\"y\"; SELECT set_config('application_name', 'it''s new', false), \
+                 set_config('search_path', 'a, b', false)"
+            )
+        );
+    }
+}
