@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command from the README: installs what is missing, builds
+# everything and runs the whole suite against real PostgreSQL servers that
+# the tests start themselves. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/install-deps.sh
+if ! command -v cargo >/dev/null 2>&1; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+cargo build --all-targets
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --no-fail-fast "$@"
+else
+    echo "test.sh: cargo-nextest not available, using cargo test" >&2
+    cargo test --workspace --no-fail-fast "$@"
+fi

@@ -1,0 +1,191 @@
+//! The real `suture` binary, run as a child process with a config file
+//! written for the test, and the config builder the tests share.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use tempfile::TempDir;
+
+use super::free_port;
+use super::pg_server::PgServer;
+
+/// A running `suture --config FILE`; killed on drop.
+pub(crate) struct SutureProc {
+    child: Child,
+    dir: TempDir,
+    listen_port: u16,
+}
+
+impl SutureProc {
+    /// Writes `config_toml` to a file, starts the binary and waits until the
+    /// first pool's listen port accepts TCP connections.
+    pub(crate) async fn start(config_toml: &str) -> anyhow::Result<SutureProc> {
+        let listen_port = first_pool_listen_port(config_toml)
+            .context("config has no [pools.*] listen = \"host:port\"")?;
+        let dir = tempfile::Builder::new().prefix("suture-proc-").tempdir()?;
+        let config_path = dir.path().join("suture.toml");
+        std::fs::write(&config_path, config_toml)?;
+        let log = File::create(dir.path().join("suture.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_suture"))
+            .arg("--config")
+            .arg(&config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning the suture binary")?;
+        let mut proc = SutureProc {
+            child,
+            dir,
+            listen_port,
+        };
+        proc.wait_listening(Duration::from_secs(10)).await?;
+        Ok(proc)
+    }
+
+    async fn wait_listening(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "suture exited ({status}) before listening on {}; log:\n{}",
+                    self.listen_port,
+                    self.log_contents()
+                );
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.listen_port))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "suture did not listen on {} within {limit:?}; log:\n{}",
+                    self.listen_port,
+                    self.log_contents()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The first pool's listen port.
+    pub(crate) fn port(&self) -> u16 {
+        self.listen_port
+    }
+
+    /// OS process id (for /proc/PID/status).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident set size in bytes, from /proc/PID/status (VmRSS).
+    pub(crate) fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS line")?;
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("malformed VmRSS line")?
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
+    /// Combined stdout and stderr so far.
+    pub(crate) fn log_contents(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("suture.log")
+    }
+}
+
+impl Drop for SutureProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() || std::env::var_os("SUTURE_TEST_SHOW_LOG").is_some() {
+            eprintln!("---- suture log ----\n{}", self.log_contents());
+        }
+    }
+}
+
+/// Finds `listen = "...:PORT"` inside the first `[pools.*]` section.
+fn first_pool_listen_port(config: &str) -> Option<u16> {
+    let mut in_pool = false;
+    for line in config.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            let name = line.trim_matches(|c| c == '[' || c == ']');
+            in_pool = name.starts_with("pools.") && name.matches('.').count() == 1;
+            continue;
+        }
+        if !in_pool {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key.trim() == "listen" {
+            let value = value.split('#').next()?.trim().trim_matches('"');
+            return value.rsplit_once(':')?.1.parse().ok();
+        }
+    }
+    None
+}
+
+/// A DESIGN §8 config with one pool `app` in front of `pg`.
+pub(crate) fn suture_config_for(pg: &PgServer, listen_port: u16) -> String {
+    suture_config_with(pg, listen_port, "")
+}
+
+/// Like [`suture_config_for`], with extra `key = value` lines placed in the
+/// `[pools.app]` table (e.g. `client_auth = "md5"`).
+pub(crate) fn suture_config_with(pg: &PgServer, listen_port: u16, pool_extra: &str) -> String {
+    let admin_port = free_port();
+    let pg_port = pg.port();
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[pools.app]
+protocol = "postgres"
+listen = "127.0.0.1:{listen_port}"
+servers = ["127.0.0.1:{pg_port}"]
+tls = "disable"
+min_idle = 1
+max_size = 10
+max_lifetime = "30m"
+idle_timeout = "10m"
+connect_timeout = "5s"
+failover_hold = "30s"
+{pool_extra}
+
+[pools.app.users.app]
+password = "app-secret"
+
+[pools.app.users.postgres]
+password = "postgres"
+
+[pools.app.users.md5user]
+password = "md5-secret"
+"#
+    )
+}
