@@ -1,5 +1,7 @@
 //! Suture: a sidecar proxy that heals broken database connections.
 pub mod config;
+mod heal;
+mod liveness;
 pub mod net;
 mod pool;
 mod postgres;

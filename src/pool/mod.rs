@@ -37,8 +37,9 @@ pub(crate) trait Manager: Send + Sync + 'static {
         key: &Self::Key,
     ) -> impl Future<Output = Result<Self::Conn, Self::Error>> + Send;
 
-    /// A cheap synchronous check before a connection is handed out or kept idle.
-    fn is_usable(&self, conn: &Self::Conn) -> bool;
+    /// A cheap synchronous check (it never waits) before a connection is handed out or kept
+    /// idle: `Err` carries the cause label for `suture_backend_idle_closes_total`.
+    fn check_idle(&self, conn: &mut Self::Conn) -> Result<(), &'static str>;
 }
 
 /// Why a checkout failed.
@@ -156,13 +157,21 @@ impl<M: Manager> Pool<M> {
             Ok(permit) => permit,
             Err(_) => self.wait_for_permit(&sub, limit).await?,
         };
-        while let Some(pooled) = sub.idle().pop() {
-            if self.inner.manager.is_usable(&pooled.conn) && pooled.retire_at > Instant::now() {
-                self.record_checkout(started);
-                return Ok(self.wrap(pooled, key, permit));
+        loop {
+            let Some(mut pooled) = sub.idle().pop() else {
+                break;
+            };
+            if pooled.retire_at <= Instant::now() {
+                self.count_close("max_lifetime");
+                continue;
             }
-            metrics::counter!("suture_backend_closes_total", "pool" => self.inner.name.clone(), "reason" => "max_lifetime")
-                .increment(1);
+            match self.inner.manager.check_idle(&mut pooled.conn) {
+                Ok(()) => {
+                    self.record_checkout(started);
+                    return Ok(self.wrap(pooled, key, permit));
+                }
+                Err(cause) => self.count_idle_close(cause),
+            }
         }
         let remaining = limit.saturating_sub(started.elapsed());
         let conn = match tokio::time::timeout(remaining, self.inner.manager.connect(key)).await {
@@ -196,6 +205,17 @@ impl<M: Manager> Pool<M> {
             // The semaphore is never closed; treat it like a timeout if it ever is.
             Ok(Err(_)) | Err(_) => Err(PoolError::WaitTimeout(limit)),
         }
+    }
+
+    fn count_close(&self, reason: &'static str) {
+        metrics::counter!("suture_backend_closes_total", "pool" => self.inner.name.clone(), "reason" => reason)
+            .increment(1);
+    }
+
+    fn count_idle_close(&self, cause: &'static str) {
+        tracing::info!(pool = %self.inner.name, cause, "idle backend connection found closed");
+        metrics::counter!("suture_backend_idle_closes_total", "pool" => self.inner.name.clone(), "cause" => cause)
+            .increment(1);
     }
 
     fn record_checkout(&self, started: Instant) {
@@ -276,17 +296,26 @@ impl<M: Manager> Pool<M> {
         let now = Instant::now();
         let settings = &self.inner.settings;
         for (key, sub) in subs {
-            let retired: Vec<Pooled<M::Conn>> = {
+            let retired: Vec<(Pooled<M::Conn>, &'static str)> = {
                 let mut idle = sub.idle();
                 let mut keep = Vec::with_capacity(idle.len());
                 let mut retired = Vec::new();
                 // Newest last: walk from the newest so the oldest go first.
-                for pooled in idle.drain(..).rev() {
+                for mut pooled in idle.drain(..).rev() {
                     let expired = pooled.retire_at <= now;
                     let stale = now.duration_since(pooled.idle_since) >= settings.idle_timeout
                         && keep.len() >= settings.min_idle;
-                    if expired || stale || !self.inner.manager.is_usable(&pooled.conn) {
-                        retired.push(pooled);
+                    if expired || stale {
+                        retired.push((
+                            pooled,
+                            if expired {
+                                "max_lifetime"
+                            } else {
+                                "idle_timeout"
+                            },
+                        ));
+                    } else if let Err(cause) = self.inner.manager.check_idle(&mut pooled.conn) {
+                        self.count_idle_close(cause);
                     } else {
                         keep.push(pooled);
                     }
@@ -295,14 +324,8 @@ impl<M: Manager> Pool<M> {
                 *idle = keep;
                 retired
             };
-            for pooled in &retired {
-                let reason = if pooled.retire_at <= now {
-                    "max_lifetime"
-                } else {
-                    "idle_timeout"
-                };
-                metrics::counter!("suture_backend_closes_total", "pool" => self.inner.name.clone(), "reason" => reason)
-                    .increment(1);
+            for (_, reason) in &retired {
+                self.count_close(reason);
             }
             drop(retired);
             self.spawn_top_up(key, sub);
@@ -362,7 +385,11 @@ impl<M: Manager> Checkout<M> {
             return;
         };
         let pool = &self.pool;
-        if !pool.inner.manager.is_usable(&pooled.conn) || pooled.retire_at <= Instant::now() {
+        if pooled.retire_at <= Instant::now() {
+            pool.count_close("max_lifetime");
+            return;
+        }
+        if pool.inner.manager.check_idle(&mut pooled.conn).is_err() {
             return;
         }
         pooled.idle_since = Instant::now();

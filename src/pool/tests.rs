@@ -33,8 +33,8 @@ impl Manager for Arc<Counting> {
         })
     }
 
-    fn is_usable(&self, _conn: &FakeConn) -> bool {
-        true
+    fn check_idle(&self, _conn: &mut FakeConn) -> Result<(), &'static str> {
+        Ok(())
     }
 }
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use suture_protocol::pg::{self, Authentication, ErrorFields, TxStatus};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::TlsMode;
+use crate::liveness::{Liveness, Probe};
 use crate::net::connect::{connect_tcp, ConnectError};
 use crate::net::tls::TlsError;
 use crate::postgres::context::{BackendContext, PgKey};
@@ -42,6 +43,8 @@ pub(crate) struct BackendConn {
     pub(crate) applied: BTreeMap<String, String>,
     /// Set when the connection must not be reused (protocol out of sync, I/O error, FATAL).
     pub(crate) broken: bool,
+    /// Peeks at the TCP socket under the stream to tell whether an idle connection is alive.
+    pub(crate) probe: Probe,
 }
 
 /// Why opening a backend connection failed; every variant says which step.
@@ -125,6 +128,7 @@ async fn connect_inner(ctx: &BackendContext, key: &PgKey) -> Result<BackendConn,
         .ok_or_else(|| BackendError::UnknownUser(key.user.clone()))?;
     let t = &ctx.timeouts;
     let (tcp, server, addr) = connect_tcp(&ctx.resolver, &ctx.servers, t.dns, t.connect).await?;
+    let probe = Probe::of(&tcp).map_err(WireError::Io)?;
     let (mut reader, mut writer) = match ctx.tls.mode() {
         TlsMode::Disable => stream::split_plain(tcp),
         mode => {
@@ -202,6 +206,7 @@ async fn connect_inner(ctx: &BackendContext, key: &PgKey) -> Result<BackendConn,
         params,
         applied: BTreeMap::new(),
         broken: false,
+        probe,
     })
 }
 
@@ -292,6 +297,63 @@ fn scram_out_of_order(what: &str) -> BackendError {
 }
 
 impl BackendConn {
+    /// Checks an idle connection without waiting: FIN, RST or an unsolicited ErrorResponse make
+    /// it unusable (returns the cause label); ParameterStatus, notices and notifications that
+    /// arrived while idle are read and kept track of.
+    pub(crate) fn check_idle(&mut self, max: usize) -> Result<(), &'static str> {
+        if self.broken {
+            return Err("error");
+        }
+        match self.probe.check() {
+            Liveness::Alive => Ok(()),
+            Liveness::DataWaiting => self.read_unsolicited(max),
+            dead => Err(dead.cause()),
+        }
+    }
+
+    fn read_unsolicited(&mut self, max: usize) -> Result<(), &'static str> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut chunk = [0u8; 4096];
+        loop {
+            let mut read = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut self.reader).poll_read(&mut cx, &mut read) {
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(Err(_)) => return Err("rst"),
+                std::task::Poll::Ready(Ok(())) if read.filled().is_empty() => return Err("fin"),
+                std::task::Poll::Ready(Ok(())) => {
+                    if self.rbuf.len() + read.filled().len() > max {
+                        return Err("server_error");
+                    }
+                    self.rbuf.extend_from_slice(read.filled());
+                }
+            }
+        }
+        loop {
+            match pg::split_message(&mut self.rbuf, max) {
+                Ok(None) => return Ok(()),
+                Ok(Some(message)) => match message.tag {
+                    b'E' => {
+                        let fatal = pg::parse_error_fields(&message.body).ok();
+                        return Err(match fatal.as_ref().map(|f| f.code.as_str()) {
+                            Some(crate::postgres::tracker::IDLE_SESSION_TIMEOUT) => {
+                                "idle_timeout_notice"
+                            }
+                            _ => "server_error",
+                        });
+                    }
+                    b'S' => {
+                        if let Ok((name, value)) = pg::parse_parameter_status(&message.body) {
+                            self.params.insert(name.to_owned(), value.to_owned());
+                        }
+                    }
+                    // Notices and notifications while nobody listens: nothing to do.
+                    _ => {}
+                },
+                Err(_) => return Err("server_error"),
+            }
+        }
+    }
+
     /// Runs one simple query Suture itself issues (SET, RESET, DISCARD ALL), reading through
     /// its ReadyForQuery and recording ParameterStatus. Fails on an ErrorResponse, a status
     /// other than idle, or the deadline; the connection is then marked broken.

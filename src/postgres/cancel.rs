@@ -74,7 +74,6 @@ impl CancelHandle {
     }
 
     /// Points the client's cancels at a new backend (after a heal or rotation).
-    #[allow(dead_code)] // used by healing (issue: PostgreSQL self-healing)
     pub(crate) fn retarget(&self, target: CancelTarget) {
         self.registry.map().insert(self.key, target);
     }

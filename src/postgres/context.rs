@@ -49,8 +49,8 @@ impl Manager for PgManager {
         backend::connect(&self.ctx, key).await
     }
 
-    fn is_usable(&self, conn: &BackendConn) -> bool {
-        !conn.broken
+    fn check_idle(&self, conn: &mut BackendConn) -> Result<(), &'static str> {
+        conn.check_idle(self.ctx.max_message_size)
     }
 }
 

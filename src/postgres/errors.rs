@@ -38,9 +38,6 @@ pub(crate) enum ClientError {
     /// The startup settings could not be applied on the backend.
     #[error("could not apply startup settings: {0}")]
     Settings(#[from] RunError),
-    /// The backend connection failed during the session.
-    #[error("backend connection lost: {0}")]
-    BackendLost(WireError),
 }
 
 impl From<io::Error> for ClientError {
@@ -118,9 +115,6 @@ impl ClientError {
             ClientError::Settings(RunError::Server(fields)) => from_server(fields),
             ClientError::Settings(err) => {
                 fatal("08006", format!("could not apply startup settings: {err}"))
-            }
-            ClientError::BackendLost(_) => {
-                fatal("08006", "server closed the connection unexpectedly")
             }
         }
     }

@@ -16,7 +16,8 @@ use suture_protocol::pg::{self, Scanner, Step, HEADER_LEN};
 use suture_protocol::ProtocolError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::postgres::tracker::{may_change_session, Shared};
+use crate::liveness::{Liveness, Probe};
+use crate::postgres::tracker::{may_change_session, may_commit, Shared};
 use crate::postgres::wire::WireError;
 
 /// Held (unsent) extended-protocol bytes above this are sent without waiting for Sync.
@@ -66,6 +67,7 @@ pub(crate) async fn client_to_backend<C, B>(
     client: &mut C,
     cbuf: &mut BytesMut,
     backend: &mut B,
+    probe: &Probe,
     shared: &Shared,
     limits: RelayLimits,
 ) -> RelayEnd
@@ -102,9 +104,8 @@ where
         }
         if let Some(at) = terminate_at {
             if at > 0 {
-                if let Err(err) =
-                    write_tracked(backend, &cbuf[..at], shared, limits.backend_write).await
-                {
+                let sent = send_requests(backend, &cbuf[..at], probe, shared, limits.backend_write);
+                if let Err(err) = sent.await {
                     return RelayEnd::BackendGone(err);
                 }
             }
@@ -114,9 +115,14 @@ where
             flush_to = scanned;
         }
         if flush_to > 0 {
-            if let Err(err) =
-                write_tracked(backend, &cbuf[..flush_to], shared, limits.backend_write).await
-            {
+            let sent = send_requests(
+                backend,
+                &cbuf[..flush_to],
+                probe,
+                shared,
+                limits.backend_write,
+            );
+            if let Err(err) = sent.await {
                 return RelayEnd::BackendGone(err);
             }
             cbuf.advance(flush_to);
@@ -136,12 +142,14 @@ fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
     match tag {
         // Parse, Bind, Describe, Execute, Close: held until Sync or Flush.
         b'P' => {
-            let changes = match pg::parse_parse_message(body) {
-                Ok((name, sql)) => !name.is_empty() || may_change_session(sql),
-                Err(_) => true,
+            let (changes, commits) = match pg::parse_parse_message(body) {
+                Ok((name, sql)) => (!name.is_empty() || may_change_session(sql), may_commit(sql)),
+                Err(_) => (true, true),
             };
-            if changes {
-                shared.lock().dirty = true;
+            if changes || commits {
+                let mut tracker = shared.lock();
+                tracker.dirty |= changes;
+                tracker.may_commit |= commits;
             }
             false
         }
@@ -151,11 +159,12 @@ fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
             true
         }
         b'Q' => {
-            let changes = pg::parse_query(body)
-                .map(may_change_session)
-                .unwrap_or(true);
+            let sql = pg::parse_query(body).ok();
+            let changes = sql.map(may_change_session).unwrap_or(true);
+            let commits = sql.map(may_commit).unwrap_or(true);
             let mut tracker = shared.lock();
             tracker.dirty |= changes;
+            tracker.may_commit |= commits;
             tracker.request_sent();
             true
         }
@@ -170,7 +179,31 @@ fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
     }
 }
 
-/// Writes `bytes` to the backend, counting every byte the kernel accepted (DESIGN §3 rule 2).
+/// Sends requests to the backend. Before the first write after the backend was idle, a
+/// non-blocking peek checks it is still there (DESIGN §5 pre-write check): a FIN or RST seen
+/// then means the request was never sent. Every byte the kernel accepts is counted (§3 rule
+/// 2), and what was written is kept for a replay.
+async fn send_requests<B: AsyncWrite + Unpin>(
+    backend: &mut B,
+    bytes: &[u8],
+    probe: &Probe,
+    shared: &Shared,
+    limit: Duration,
+) -> Result<(), WireError> {
+    if shared.lock().bytes_to_backend == 0 {
+        match probe.check() {
+            Liveness::Fin => return Err(WireError::Closed),
+            Liveness::Rst => return Err(WireError::Io(std::io::ErrorKind::ConnectionReset.into())),
+            Liveness::Alive | Liveness::DataWaiting => {}
+        }
+    }
+    shared.lock().write_attempted = true;
+    write_tracked(backend, bytes, shared, limit).await?;
+    shared.lock().retain(bytes);
+    Ok(())
+}
+
+/// Writes `bytes` to the backend, counting every byte the kernel accepted.
 async fn write_tracked<B: AsyncWrite + Unpin>(
     backend: &mut B,
     mut bytes: &[u8],
@@ -225,8 +258,19 @@ where
                 Ok(Step::Message { tag, start, end }) => {
                     if tag == b'S' {
                         record_parameter_status(&bbuf[start..end], side.params);
-                    } else {
-                        note_backend_message(tag, &mut bbuf[start..end], shared, &side);
+                    } else if note_backend_message(tag, &mut bbuf[start..end], shared, &side)
+                        == Seen::Unsolicited
+                    {
+                        // Forward what came before it, keep the error from the client and let
+                        // the session heal.
+                        if pos > 0 {
+                            if let Err(err) =
+                                write_client(client, &bbuf[..pos], limits.client_write).await
+                            {
+                                return RelayEnd::ClientGone(err);
+                            }
+                        }
+                        return RelayEnd::BackendGone(WireError::Closed);
                     }
                     pos = end;
                 }
@@ -271,9 +315,23 @@ async fn write_client<C: AsyncWrite + Unpin>(
     }
 }
 
+/// What the backend→client direction makes of one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Forward it.
+    Forward,
+    /// A fatal error that proves nothing in flight ran: do not forward it.
+    Unsolicited,
+}
+
 /// Records one backend message (`message` is the whole message, header included; it may be
 /// rewritten in place).
-fn note_backend_message(tag: u8, message: &mut [u8], shared: &Shared, side: &BackendSide<'_>) {
+fn note_backend_message(
+    tag: u8,
+    message: &mut [u8],
+    shared: &Shared,
+    side: &BackendSide<'_>,
+) -> Seen {
     let body_start = HEADER_LEN.min(message.len());
     match tag {
         b'Z' => {
@@ -293,12 +351,18 @@ fn note_backend_message(tag: u8, message: &mut [u8], shared: &Shared, side: &Bac
         b'E' => {
             if let Ok(fields) = pg::parse_error_fields(&message[body_start..]) {
                 if fields.severity == "FATAL" || fields.severity == "PANIC" {
-                    shared.lock().fatal_code = Some(fields.code);
+                    let mut tracker = shared.lock();
+                    if tracker.fatal_is_unsolicited(&fields.code) {
+                        tracker.unsolicited_fatal = Some(fields.code);
+                        return Seen::Unsolicited;
+                    }
+                    tracker.fatal_code = Some(fields.code);
                 }
             }
         }
         _ => {}
     }
+    Seen::Forward
 }
 
 /// Applies a ParameterStatus message to the backend's recorded parameters.

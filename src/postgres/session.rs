@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use suture_protocol::pg::{self, TxStatus};
 use tokio::net::TcpStream;
 
+use crate::heal::{self, Decision, RefusalReason, ReplayReason};
 use crate::pool::Checkout;
 use crate::postgres::backend::{BackendConn, RunError};
 use crate::postgres::cancel::{CancelHandle, CancelTarget};
@@ -68,8 +69,7 @@ pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream) {
     }
     metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "accepted").increment(1);
     tracing::debug!(user = %login.user, database = %login.database, backend_pid = conn.process_id, "session started");
-    run_session(&svc, stream, buf, checkout).await;
-    drop(cancel);
+    run_session(&svc, stream, buf, checkout, &login, &cancel).await;
 }
 
 /// Tells the client why it cannot be served, counts and logs it, and lets the connection close.
@@ -198,12 +198,15 @@ fn quote_guc_name(name: &str) -> String {
         .join(".")
 }
 
-/// The command phase, then releasing the backend.
+/// The command phase: relay until the client leaves; when the backend is lost, heal, replay or
+/// tell the client per DESIGN §3; finally release the backend.
 async fn run_session(
     svc: &PgService,
     stream: TcpStream,
     mut cbuf: BytesMut,
     mut checkout: Checkout<PgManager>,
+    login: &ClientLogin,
+    cancel: &CancelHandle,
 ) {
     let (mut client_read, mut client_write) = stream.into_split();
     let shared = Shared::default();
@@ -213,76 +216,204 @@ async fn run_session(
         client_write: svc.config.timeouts.client_write,
         backend_write: svc.config.timeouts.backend_write,
     };
-    let conn = checkout.conn();
-    let client_process_id = conn.process_id;
-    let end = {
-        let BackendConn {
-            reader,
-            writer,
-            rbuf,
-            params,
-            process_id,
-            ..
-        } = conn;
-        let side = BackendSide {
-            client_process_id,
-            backend_process_id: *process_id,
-            params,
-            boundary: &boundary,
-        };
-        let up = relay::client_to_backend(&mut client_read, &mut cbuf, writer, &shared, limits);
-        let down = relay::backend_to_client(reader, rbuf, &mut client_write, &shared, side, limits);
-        tokio::select! {
-            end = up => end,
-            end = down => end,
-        }
-    };
-    let tracker = std::mem::take(&mut *shared.lock());
-    match end {
-        RelayEnd::ClientTerminated => tracing::debug!("client terminated the session"),
-        RelayEnd::ClientGone(err) => tracing::debug!(error = %err, "client left"),
-        RelayEnd::ClientProtocol(err) => {
-            tracing::info!(pool = %svc.config.name, error = %err, "client protocol violation");
-            metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "protocol_error")
-                .increment(1);
-            if boundary.at_boundary() {
-                let notice = ClientError::from(err).notice();
-                if let Some(notice) = notice {
-                    send_notice(&mut client_write, &notice, limits.client_write).await;
-                }
+    // The process ID the client was told at login stays its identity across heals.
+    let client_process_id = checkout.conn().process_id;
+    loop {
+        let end = {
+            let BackendConn {
+                reader,
+                writer,
+                rbuf,
+                params,
+                process_id,
+                probe,
+                ..
+            } = checkout.conn();
+            let side = BackendSide {
+                client_process_id,
+                backend_process_id: *process_id,
+                params,
+                boundary: &boundary,
+            };
+            let up = relay::client_to_backend(
+                &mut client_read,
+                &mut cbuf,
+                writer,
+                probe,
+                &shared,
+                limits,
+            );
+            let down =
+                relay::backend_to_client(reader, rbuf, &mut client_write, &shared, side, limits);
+            tokio::select! {
+                end = up => end,
+                end = down => end,
             }
-        }
-        RelayEnd::BackendGone(err) => {
-            tracing::warn!(pool = %svc.config.name, error = %err, fatal = ?tracker.fatal_code, "backend connection lost");
-            checkout.conn().broken = true;
-            if boundary.at_boundary() {
-                if let Some(notice) = ClientError::BackendLost(err).notice() {
-                    send_notice(&mut client_write, &notice, limits.client_write).await;
+        };
+        let lost = match end {
+            RelayEnd::ClientTerminated => {
+                tracing::debug!("client terminated the session");
+                break;
+            }
+            RelayEnd::ClientGone(err) => {
+                tracing::debug!(error = %err, "client left");
+                break;
+            }
+            RelayEnd::ClientProtocol(err) => {
+                tracing::info!(pool = %svc.config.name, error = %err, "client protocol violation");
+                metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "protocol_error")
+                    .increment(1);
+                if boundary.at_boundary() {
+                    if let Some(notice) = ClientError::from(err).notice() {
+                        send_notice(&mut client_write, &notice, limits.client_write).await;
+                    }
                 }
+                break;
+            }
+            RelayEnd::BackendGone(err) => err,
+        };
+        checkout.conn().broken = true;
+        let facts = shared.lock().loss_facts();
+        let decision = heal::decide(facts);
+        let pool = svc.config.name.as_str();
+        tracing::warn!(pool, error = %lost, ?decision, ?facts, "backend connection lost");
+        match decision {
+            Decision::Heal | Decision::Replay(_) => {
+                let replacement = match reconnect(svc, login).await {
+                    Ok(replacement) => replacement,
+                    Err(err) => {
+                        if boundary.at_boundary() {
+                            if let Some(notice) = err.notice() {
+                                send_notice(&mut client_write, &notice, limits.client_write).await;
+                            }
+                        }
+                        return;
+                    }
+                };
+                checkout = replacement;
+                let conn = checkout.conn();
+                cancel.retarget(CancelTarget {
+                    addr: conn.addr,
+                    process_id: conn.process_id,
+                    secret_key: conn.secret_key,
+                });
+                let mut tracker = shared.lock();
+                if let Decision::Replay(reason) = decision {
+                    if reason == ReplayReason::RefusedWhileIdle {
+                        // The request was written and refused unread: put it back in front.
+                        let mut again = std::mem::take(&mut tracker.sent);
+                        again.extend_from_slice(&cbuf);
+                        cbuf = again;
+                    }
+                    metrics::counter!("suture_replays_total", "pool" => pool.to_owned(), "reason" => reason.label())
+                        .increment(1);
+                    tracing::info!(
+                        pool,
+                        reason = reason.label(),
+                        "request replayed on a new backend"
+                    );
+                } else {
+                    metrics::counter!("suture_session_heals_total", "pool" => pool.to_owned())
+                        .increment(1);
+                    tracing::info!(pool, "backend swapped under an idle session");
+                }
+                tracker.reset_requests();
+            }
+            Decision::Refuse(reason) => {
+                metrics::counter!("suture_replays_refused_total", "pool" => pool.to_owned(), "reason" => reason.label())
+                    .increment(1);
+                let forwarded_fatal = shared.lock().fatal_code.is_some();
+                if boundary.at_boundary() && !forwarded_fatal {
+                    send_notice(
+                        &mut client_write,
+                        &refusal_notice(reason),
+                        limits.client_write,
+                    )
+                    .await;
+                }
+                return;
             }
         }
     }
+    let tracker = std::mem::take(&mut *shared.lock());
     drop(client_write);
     release(svc, checkout, &tracker).await;
+}
+
+/// A fresh backend for the session, with the client's startup settings applied.
+async fn reconnect(
+    svc: &PgService,
+    login: &ClientLogin,
+) -> Result<Checkout<PgManager>, ClientError> {
+    let key = PgKey {
+        user: login.user.clone(),
+        database: login.database.clone(),
+        options: login.options.clone(),
+    };
+    let mut checkout = svc.pool.checkout(&key).await?;
+    apply_settings(svc, checkout.conn(), login).await?;
+    Ok(checkout)
+}
+
+/// What the client is told when a lost backend cannot be hidden (DESIGN §3 table). The
+/// connection is closed after it.
+fn refusal_notice(reason: RefusalReason) -> ClientNotice {
+    let (code, message) = match reason {
+        RefusalReason::MaybeExecuted => (
+            "40003",
+            "connection to the database server was lost while the statement was running; it may or may not have been executed",
+        ),
+        RefusalReason::InTransaction => (
+            "08006",
+            "connection to the database server was lost inside a transaction; the transaction was rolled back",
+        ),
+        RefusalReason::CommitUnknown => (
+            "08007",
+            "connection to the database server was lost during COMMIT; the transaction outcome is unknown",
+        ),
+        RefusalReason::TaintedSession => (
+            "08006",
+            "connection to the database server was lost and the session state (settings, prepared statements, temporary tables, locks) could not be restored",
+        ),
+    };
+    ClientNotice {
+        severity: "FATAL",
+        code: code.to_owned(),
+        message: message.to_owned(),
+        detail: None,
+    }
 }
 
 /// Returns the backend to the pool if it is at rest (reset first if the session may have
 /// changed state), else closes it.
 async fn release(svc: &PgService, mut checkout: Checkout<PgManager>, tracker: &Tracker) {
     let conn = checkout.conn();
-    if conn.broken || !tracker.at_rest() {
-        return; // dropping the checkout closes the connection
+    let (limit, max) = (
+        svc.config.timeouts.reset,
+        svc.config.limits.max_message_size,
+    );
+    // Dropping the checkout closes the connection: done when it is broken, or when requests are
+    // still unanswered (its state is unknown).
+    if conn.broken || tracker.pending > 0 || tracker.fatal_code.is_some() {
+        return;
     }
-    if tracker.dirty {
-        let reset = conn.run_internal(
-            "DISCARD ALL",
-            svc.config.timeouts.reset,
-            svc.config.limits.max_message_size,
-        );
-        if let Err(err) = reset.await {
+    let mut statements = Vec::new();
+    if tracker.tx_status != TxStatus::Idle {
+        // The client left inside a transaction (drivers that open one implicitly do this all
+        // the time): roll it back instead of paying for a new backend login.
+        statements.push("ROLLBACK");
+    }
+    let discard = tracker.dirty || !statements.is_empty();
+    if discard {
+        statements.push("DISCARD ALL");
+    }
+    for sql in statements {
+        if let Err(err) = conn.run_internal(sql, limit, max).await {
             tracing::info!(pool = %svc.config.name, error = %err, "backend reset failed; closing it");
             return;
         }
+    }
+    if discard {
         conn.applied.clear();
     }
     conn.rbuf.clear();

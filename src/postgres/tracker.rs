@@ -5,7 +5,17 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use bytes::BytesMut;
 use suture_protocol::pg::TxStatus;
+
+use crate::heal::LossFacts;
+
+/// SQLSTATE of `idle_session_timeout`: raised only while the backend waits for a request.
+pub(crate) const IDLE_SESSION_TIMEOUT: &str = "57P05";
+/// SQLSTATEs of a backend terminated by an administrator or a shutdown.
+const TERMINATED: [&str; 3] = ["57P01", "57P02", "57P03"];
+/// Sent requests are kept for a replay up to this many bytes; larger ones cannot be replayed.
+const MAX_RETAINED: usize = 64 * 1024;
 
 /// Per-session request bookkeeping, shared by the two relay directions.
 #[derive(Debug)]
@@ -20,8 +30,21 @@ pub(crate) struct Tracker {
     pub(crate) bytes_to_client: u64,
     /// The client may have changed session state: reset before the backend is reused.
     pub(crate) dirty: bool,
-    /// SQLSTATE of a FATAL error the backend sent (it closes right after).
+    /// SQLSTATE of a FATAL error the backend sent and the client was shown.
     pub(crate) fatal_code: Option<String>,
+    /// SQLSTATE of a FATAL error the backend sent while the request could not have run; it
+    /// was not forwarded, so the session can heal.
+    pub(crate) unsolicited_fatal: Option<String>,
+    /// Transaction status when the oldest unanswered request was sent.
+    pub(crate) tx_before_request: TxStatus,
+    /// An unanswered request may commit.
+    pub(crate) may_commit: bool,
+    /// Bytes of the unanswered requests already written, kept for a replay.
+    pub(crate) sent: BytesMut,
+    /// The unanswered requests were too large to keep: they cannot be replayed.
+    pub(crate) sent_overflow: bool,
+    /// A write to the backend was attempted since the last ReadyForQuery.
+    pub(crate) write_attempted: bool,
 }
 
 impl Default for Tracker {
@@ -33,6 +56,12 @@ impl Default for Tracker {
             bytes_to_client: 0,
             dirty: false,
             fatal_code: None,
+            unsolicited_fatal: None,
+            tx_before_request: TxStatus::Idle,
+            may_commit: false,
+            sent: BytesMut::new(),
+            sent_overflow: false,
+            write_attempted: false,
         }
     }
 }
@@ -40,7 +69,62 @@ impl Default for Tracker {
 impl Tracker {
     /// A request boundary (Query, Sync, FunctionCall) was forwarded to the backend.
     pub(crate) fn request_sent(&mut self) {
+        if self.pending == 0 {
+            self.tx_before_request = self.tx_status;
+        }
         self.pending += 1;
+    }
+
+    /// Keeps written request bytes for a possible replay.
+    pub(crate) fn retain(&mut self, bytes: &[u8]) {
+        if self.sent_overflow || self.sent.len() + bytes.len() > MAX_RETAINED {
+            self.sent_overflow = true;
+            self.sent = BytesMut::new();
+        } else {
+            self.sent.extend_from_slice(bytes);
+        }
+    }
+
+    /// Whether a FATAL error with `code` proves the request was not run (or nothing was in
+    /// flight), so it must be kept from the client and the session healed.
+    pub(crate) fn fatal_is_unsolicited(&self, code: &str) -> bool {
+        let idle = self.pending == 0 && self.tx_status == TxStatus::Idle;
+        code == IDLE_SESSION_TIMEOUT && self.bytes_to_client == 0
+            || idle && TERMINATED.contains(&code)
+    }
+
+    /// What healing needs to know about a lost backend.
+    pub(crate) fn loss_facts(&self) -> LossFacts {
+        let in_flight = self.pending > 0;
+        LossFacts {
+            request_in_flight: in_flight,
+            bytes_to_backend: self.bytes_to_backend,
+            bytes_to_client: self.bytes_to_client,
+            refused_while_idle: self.unsolicited_fatal.as_deref() == Some(IDLE_SESSION_TIMEOUT),
+            idle_before_request: if in_flight {
+                self.tx_before_request == TxStatus::Idle
+            } else {
+                true
+            },
+            in_transaction: self.tx_status != TxStatus::Idle,
+            may_commit: self.may_commit,
+            state_restorable: !self.dirty,
+            request_retained: !self.sent_overflow,
+            write_attempted: self.write_attempted,
+        }
+    }
+
+    /// Forgets everything about requests in flight (after a heal or a replay was set up).
+    pub(crate) fn reset_requests(&mut self) {
+        self.pending = 0;
+        self.bytes_to_backend = 0;
+        self.bytes_to_client = 0;
+        self.may_commit = false;
+        self.sent.clear();
+        self.sent_overflow = false;
+        self.write_attempted = false;
+        self.fatal_code = None;
+        self.unsolicited_fatal = None;
     }
 
     /// A ReadyForQuery came back.
@@ -50,12 +134,11 @@ impl Tracker {
         if self.pending == 0 {
             self.bytes_to_backend = 0;
             self.bytes_to_client = 0;
+            self.may_commit = false;
+            self.sent.clear();
+            self.sent_overflow = false;
+            self.write_attempted = false;
         }
-    }
-
-    /// True when the backend is between requests and outside a transaction: it can be reused.
-    pub(crate) fn at_rest(&self) -> bool {
-        self.pending == 0 && self.tx_status == TxStatus::Idle && self.fatal_code.is_none()
     }
 }
 
@@ -70,6 +153,12 @@ impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Whether `sql` may commit a transaction (so a lost reply means "outcome unknown").
+pub(crate) fn may_commit(sql: &str) -> bool {
+    let lower = sql.trim_start().to_ascii_lowercase();
+    lower.starts_with("end") || lower.contains("commit")
 }
 
 /// Words which, anywhere in a read-only looking statement, may still change session state.
@@ -152,9 +241,9 @@ mod tests {
         t.bytes_to_backend = 10;
         t.ready(TxStatus::InTransaction);
         assert_eq!(t.pending, 1);
-        assert!(!t.at_rest());
+        assert_eq!(t.bytes_to_backend, 10);
         t.ready(TxStatus::Idle);
-        assert!(t.at_rest());
+        assert_eq!((t.pending, t.tx_status), (0, TxStatus::Idle));
         assert_eq!(t.bytes_to_backend, 0);
     }
 }
