@@ -11,6 +11,8 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 cargo build --all-targets
+# A widely used driver's own test suite, directly and through Suture: outcomes must match.
+bash tests/drivers/psycopg2_suite.sh
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
 else

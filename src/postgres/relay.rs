@@ -17,7 +17,7 @@ use suture_protocol::ProtocolError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::liveness::{Liveness, Probe};
-use crate::postgres::tracker::{may_change_session, may_commit, Shared};
+use crate::postgres::tracker::{may_change_session, may_commit, may_taint_session, Shared};
 use crate::postgres::wire::WireError;
 
 /// Held (unsent) extended-protocol bytes above this are sent without waiting for Sync.
@@ -142,13 +142,19 @@ fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
     match tag {
         // Parse, Bind, Describe, Execute, Close: held until Sync or Flush.
         b'P' => {
-            let (changes, commits) = match pg::parse_parse_message(body) {
-                Ok((name, sql)) => (!name.is_empty() || may_change_session(sql), may_commit(sql)),
-                Err(_) => (true, true),
+            let (changes, taints, commits) = match pg::parse_parse_message(body) {
+                // Named statements are session state (re-preparing them is not built yet).
+                Ok((name, sql)) => (
+                    !name.is_empty() || may_change_session(sql),
+                    !name.is_empty() || may_taint_session(sql),
+                    may_commit(sql),
+                ),
+                Err(_) => (true, true, true),
             };
             if changes || commits {
                 let mut tracker = shared.lock();
                 tracker.dirty |= changes;
+                tracker.tainted |= taints;
                 tracker.may_commit |= commits;
             }
             false
@@ -161,9 +167,11 @@ fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
         b'Q' => {
             let sql = pg::parse_query(body).ok();
             let changes = sql.map(may_change_session).unwrap_or(true);
+            let taints = sql.map(may_taint_session).unwrap_or(true);
             let commits = sql.map(may_commit).unwrap_or(true);
             let mut tracker = shared.lock();
             tracker.dirty |= changes;
+            tracker.tainted |= taints;
             tracker.may_commit |= commits;
             tracker.request_sent();
             true
@@ -171,6 +179,7 @@ fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
         b'F' => {
             let mut tracker = shared.lock();
             tracker.dirty = true;
+            tracker.tainted = true;
             tracker.request_sent();
             true
         }
@@ -253,9 +262,14 @@ where
     let mut scanner = Scanner::new(limits.max_message_size);
     loop {
         let mut pos = 0;
+        // End of the last ReadyForQuery in this batch: bytes after it belong to the next request.
+        let mut ready_end = 0;
         loop {
             match scanner.next(bbuf, pos) {
                 Ok(Step::Message { tag, start, end }) => {
+                    if tag == b'Z' {
+                        ready_end = end;
+                    }
                     if tag == b'S' {
                         record_parameter_status(&bbuf[start..end], side.params);
                     } else if note_backend_message(tag, &mut bbuf[start..end], shared, &side)
@@ -288,7 +302,7 @@ where
             side.boundary
                 .mid_message
                 .store(scanner.in_message(), Ordering::Release);
-            shared.lock().bytes_to_client += pos as u64;
+            shared.lock().bytes_to_client += (pos - ready_end) as u64;
             bbuf.advance(pos);
         }
         bbuf.reserve(BACKEND_READ_CHUNK);

@@ -323,14 +323,13 @@ async fn run_session(
                 metrics::counter!("suture_replays_refused_total", "pool" => pool.to_owned(), "reason" => reason.label())
                     .increment(1);
                 let forwarded_fatal = shared.lock().fatal_code.is_some();
-                if boundary.at_boundary() && !forwarded_fatal {
-                    send_notice(
-                        &mut client_write,
-                        &refusal_notice(reason),
-                        limits.client_write,
-                    )
-                    .await;
+                if !boundary.at_boundary() || forwarded_fatal {
+                    return;
                 }
+                // Sent at once even when the client is idle, as PostgreSQL itself does with
+                // 57P01: drivers read it as the reason the connection closed.
+                let notice = refusal_notice(reason);
+                send_notice(&mut client_write, &notice, limits.client_write).await;
                 return;
             }
         }

@@ -30,6 +30,10 @@ pub(crate) struct Tracker {
     pub(crate) bytes_to_client: u64,
     /// The client may have changed session state: reset before the backend is reused.
     pub(crate) dirty: bool,
+    /// The client may have created session state Suture cannot rebuild on another backend
+    /// (settings, prepared statements, temporary tables, locks, cursors, LISTEN): losing the
+    /// backend is reported, not hidden.
+    pub(crate) tainted: bool,
     /// SQLSTATE of a FATAL error the backend sent and the client was shown.
     pub(crate) fatal_code: Option<String>,
     /// SQLSTATE of a FATAL error the backend sent while the request could not have run; it
@@ -55,6 +59,7 @@ impl Default for Tracker {
             bytes_to_backend: 0,
             bytes_to_client: 0,
             dirty: false,
+            tainted: false,
             fatal_code: None,
             unsolicited_fatal: None,
             tx_before_request: TxStatus::Idle,
@@ -108,7 +113,7 @@ impl Tracker {
             },
             in_transaction: self.tx_status != TxStatus::Idle,
             may_commit: self.may_commit,
-            state_restorable: !self.dirty,
+            state_restorable: !self.tainted,
             request_retained: !self.sent_overflow,
             write_attempted: self.write_attempted,
         }
@@ -159,6 +164,52 @@ impl Shared {
 pub(crate) fn may_commit(sql: &str) -> bool {
     let lower = sql.trim_start().to_ascii_lowercase();
     lower.starts_with("end") || lower.contains("commit")
+}
+
+/// Statement starts that leave session state behind.
+const TAINTING_STARTS: &[&str] = &[
+    "set",
+    "reset",
+    "discard",
+    "prepare",
+    "declare",
+    "listen",
+    "load",
+    "create temp",
+    "create local temp",
+    "create global temp",
+    "create unlogged temp",
+    "do",
+    "call",
+    "lock",
+];
+/// Function names and clauses that leave session state behind wherever they appear.
+const TAINTING_ANYWHERE: &[&str] = &[
+    "set_config",
+    "advisory",
+    "into temp",
+    "lo_",
+    "dblink",
+    "with hold",
+    "currval",
+];
+
+/// Whether `sql` may create session state that cannot be rebuilt on a new backend. Plain
+/// reads and writes (SELECT, INSERT, UPDATE, DELETE, DDL on real tables) do not.
+pub(crate) fn may_taint_session(sql: &str) -> bool {
+    let lower = sql.trim_start().to_ascii_lowercase();
+    let starts = TAINTING_STARTS.iter().any(|start| {
+        lower.starts_with(start)
+            && lower[start.len()..]
+                .chars()
+                .next()
+                .is_none_or(|c| !c.is_alphanumeric() && c != '_')
+    });
+    starts
+        || lower.contains(';') && lower.trim_end().trim_end_matches(';').contains(';')
+        || TAINTING_ANYWHERE
+            .iter()
+            .any(|marker| lower.contains(marker))
 }
 
 /// Words which, anywhere in a read-only looking statement, may still change session state.
@@ -230,6 +281,29 @@ mod tests {
             "",
         ] {
             assert!(may_change_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn only_unrebuildable_state_taints() {
+        for sql in [
+            "SELECT pg_backend_pid()",
+            "INSERT INTO t VALUES (1)",
+            "update t set x = 1",
+            "SELECT settings FROM t",
+        ] {
+            assert!(!may_taint_session(sql), "{sql}");
+        }
+        for sql in [
+            "SET search_path = x",
+            "set_config('a', 'b', false)",
+            "select pg_advisory_lock(1)",
+            "CREATE TEMP TABLE t (x int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "LISTEN ch",
+            "select 1; set x = 1",
+        ] {
+            assert!(may_taint_session(sql), "{sql}");
         }
     }
 
