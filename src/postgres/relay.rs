@@ -143,15 +143,19 @@ fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
         // Parse, Bind, Describe, Execute, Close: held until Sync or Flush.
         b'P' => {
             let (changes, taints, commits) = match pg::parse_parse_message(body) {
-                // Named statements are session state (re-preparing them is not built yet).
-                Ok((name, sql)) => (
-                    !name.is_empty() || may_change_session(sql),
-                    !name.is_empty() || may_taint_session(sql),
-                    may_commit(sql),
-                ),
+                Ok((name, sql)) => {
+                    if !name.is_empty() {
+                        shared.lock().prepared.insert(name.to_owned());
+                    }
+                    (
+                        !name.is_empty() || may_change_session(sql),
+                        may_taint_session(sql),
+                        may_commit(sql),
+                    )
+                }
                 Err(_) => (true, true, true),
             };
-            if changes || commits {
+            if changes || commits || taints {
                 let mut tracker = shared.lock();
                 tracker.dirty |= changes;
                 tracker.tainted |= taints;
@@ -159,7 +163,16 @@ fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
             }
             false
         }
-        b'B' | b'D' | b'E' | b'C' => false,
+        b'C' => {
+            // Close of a named statement: it no longer needs restoring.
+            if let [b'S', name @ .., 0] = body {
+                if let Ok(name) = std::str::from_utf8(name) {
+                    shared.lock().prepared.remove(name);
+                }
+            }
+            false
+        }
+        b'B' | b'D' | b'E' => false,
         b'S' => {
             shared.lock().request_sent();
             true

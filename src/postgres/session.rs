@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use suture_protocol::pg::{self, TxStatus};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::heal::{self, Decision, RefusalReason, ReplayReason};
@@ -326,8 +327,15 @@ async fn run_session(
                 if !boundary.at_boundary() || forwarded_fatal {
                     return;
                 }
-                // Sent at once even when the client is idle, as PostgreSQL itself does with
-                // 57P01: drivers read it as the reason the connection closed.
+                // Lost while the client was idle: answer its next request with the error, so
+                // the driver reads it as that request's reply (an unsolicited error on an idle
+                // connection is dropped by drivers such as tokio-postgres).
+                if !facts.request_in_flight && cbuf.is_empty() {
+                    let wait = client_read.read_buf(&mut cbuf);
+                    if !matches!(wait.await, Ok(n) if n > 0) {
+                        return;
+                    }
+                }
                 let notice = refusal_notice(reason);
                 send_notice(&mut client_write, &notice, limits.client_write).await;
                 return;

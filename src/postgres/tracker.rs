@@ -34,6 +34,9 @@ pub(crate) struct Tracker {
     /// (settings, prepared statements, temporary tables, locks, cursors, LISTEN): losing the
     /// backend is reported, not hidden.
     pub(crate) tainted: bool,
+    /// Named prepared statements the client has open (lost with the backend until re-preparing
+    /// is built, so they taint the session while any is open).
+    pub(crate) prepared: std::collections::HashSet<String>,
     /// SQLSTATE of a FATAL error the backend sent and the client was shown.
     pub(crate) fatal_code: Option<String>,
     /// SQLSTATE of a FATAL error the backend sent while the request could not have run; it
@@ -60,6 +63,7 @@ impl Default for Tracker {
             bytes_to_client: 0,
             dirty: false,
             tainted: false,
+            prepared: std::collections::HashSet::new(),
             fatal_code: None,
             unsolicited_fatal: None,
             tx_before_request: TxStatus::Idle,
@@ -113,7 +117,7 @@ impl Tracker {
             },
             in_transaction: self.tx_status != TxStatus::Idle,
             may_commit: self.may_commit,
-            state_restorable: !self.tainted,
+            state_restorable: !self.tainted && self.prepared.is_empty(),
             request_retained: !self.sent_overflow,
             write_attempted: self.write_attempted,
         }

@@ -7,6 +7,7 @@
 //! only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub(crate) mod fault_relay;
 pub(crate) mod pg_server;
 pub(crate) mod raw_client;
 pub(crate) mod suture_proc;
