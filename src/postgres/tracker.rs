@@ -126,12 +126,7 @@ impl Tracker {
     /// Forgets everything about requests in flight (after a heal or a replay was set up).
     pub(crate) fn reset_requests(&mut self) {
         self.pending = 0;
-        self.bytes_to_backend = 0;
-        self.bytes_to_client = 0;
-        self.may_commit = false;
-        self.sent.clear();
-        self.sent_overflow = false;
-        self.write_attempted = false;
+        self.clear_in_flight();
         self.fatal_code = None;
         self.unsolicited_fatal = None;
     }
@@ -141,13 +136,18 @@ impl Tracker {
         self.pending = self.pending.saturating_sub(1);
         self.tx_status = status;
         if self.pending == 0 {
-            self.bytes_to_backend = 0;
-            self.bytes_to_client = 0;
-            self.may_commit = false;
-            self.sent.clear();
-            self.sent_overflow = false;
-            self.write_attempted = false;
+            self.clear_in_flight();
         }
+    }
+
+    /// Nothing is in flight any more: drop what was kept about the last requests.
+    fn clear_in_flight(&mut self) {
+        self.bytes_to_backend = 0;
+        self.bytes_to_client = 0;
+        self.may_commit = false;
+        self.sent.clear();
+        self.sent_overflow = false;
+        self.write_attempted = false;
     }
 }
 
