@@ -8,7 +8,9 @@ mod client_login;
 mod context;
 mod errors;
 mod relay;
+mod restore;
 mod session;
+mod session_state;
 mod tracker;
 mod wire;
 

@@ -11,12 +11,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use suture_protocol::pg::{self, Scanner, Step, HEADER_LEN};
+use bytes::{Buf, Bytes, BytesMut};
+use suture_protocol::pg::{self, Scanner, Step, TxStatus, HEADER_LEN};
 use suture_protocol::ProtocolError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::liveness::{Liveness, Probe};
+use crate::postgres::session_state::classify;
 use crate::postgres::tracker::{may_change_session, may_commit, may_taint_session, Shared};
 use crate::postgres::wire::WireError;
 
@@ -88,8 +89,7 @@ where
                         terminate_at = Some(start);
                         break;
                     }
-                    let body = &cbuf[start + HEADER_LEN..end];
-                    if note_client_message(tag, body, shared) {
+                    if note_client_message(tag, &cbuf[start..end], shared) {
                         flush_to = end;
                     }
                     scanned = end;
@@ -137,29 +137,30 @@ where
     }
 }
 
-/// Records one client message; returns whether it ends a batch (so everything up to it is sent).
-fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
+/// Records one client message (`message` is the whole message, header included); returns
+/// whether it ends a batch (so everything up to it is sent).
+fn note_client_message(tag: u8, message: &[u8], shared: &Shared) -> bool {
+    let body = message.get(HEADER_LEN..).unwrap_or_default();
     match tag {
         // Parse, Bind, Describe, Execute, Close: held until Sync or Flush.
         b'P' => {
-            let (changes, taints, commits) = match pg::parse_parse_message(body) {
+            let mut tracker = shared.lock();
+            match pg::parse_parse_message(body) {
                 Ok((name, sql)) => {
-                    if !name.is_empty() {
-                        shared.lock().prepared.insert(name.to_owned());
-                    }
-                    (
-                        !name.is_empty() || may_change_session(sql),
-                        may_taint_session(sql),
-                        may_commit(sql),
-                    )
+                    tracker.dirty |= !name.is_empty() || may_change_session(sql);
+                    // State statements through the extended protocol are not tracked.
+                    tracker.tainted |= classify(sql).is_some() || may_taint_session(sql);
+                    tracker.may_commit |= may_commit(sql);
+                    let named = (!name.is_empty())
+                        .then(|| (name.to_owned(), Bytes::copy_from_slice(message)));
+                    tracker.parse_sent(named);
                 }
-                Err(_) => (true, true, true),
-            };
-            if changes || commits || taints {
-                let mut tracker = shared.lock();
-                tracker.dirty |= changes;
-                tracker.tainted |= taints;
-                tracker.may_commit |= commits;
+                Err(_) => {
+                    tracker.dirty = true;
+                    tracker.tainted = true;
+                    tracker.may_commit = true;
+                    tracker.parse_sent(None);
+                }
             }
             false
         }
@@ -167,33 +168,36 @@ fn note_client_message(tag: u8, body: &[u8], shared: &Shared) -> bool {
             // Close of a named statement: it no longer needs restoring.
             if let [b'S', name @ .., 0] = body {
                 if let Ok(name) = std::str::from_utf8(name) {
-                    shared.lock().prepared.remove(name);
+                    shared.lock().state.forget_prepared(name);
                 }
             }
             false
         }
         b'B' | b'D' | b'E' => false,
         b'S' => {
-            shared.lock().request_sent();
+            shared.lock().request_sent(None);
             true
         }
         b'Q' => {
             let sql = pg::parse_query(body).ok();
-            let changes = sql.map(may_change_session).unwrap_or(true);
-            let taints = sql.map(may_taint_session).unwrap_or(true);
-            let commits = sql.map(may_commit).unwrap_or(true);
+            let op = sql.and_then(classify);
             let mut tracker = shared.lock();
-            tracker.dirty |= changes;
-            tracker.tainted |= taints;
-            tracker.may_commit |= commits;
-            tracker.request_sent();
+            tracker.dirty |= sql.is_none_or(may_change_session);
+            tracker.may_commit |= sql.is_none_or(may_commit);
+            if op.is_some() && tracker.tx_status != TxStatus::Idle {
+                tracker.tainted = true;
+            }
+            if op.is_none() {
+                tracker.tainted |= sql.is_none_or(may_taint_session);
+            }
+            tracker.request_sent(op);
             true
         }
         b'F' => {
             let mut tracker = shared.lock();
             tracker.dirty = true;
             tracker.tainted = true;
-            tracker.request_sent();
+            tracker.request_sent(None);
             true
         }
         // Flush, CopyData, CopyDone, CopyFail and anything else: send now.
@@ -375,8 +379,10 @@ fn note_backend_message(
                 }
             }
         }
+        b'1' => shared.lock().parse_complete(),
         b'E' => {
             if let Ok(fields) = pg::parse_error_fields(&message[body_start..]) {
+                shared.lock().error_received();
                 if fields.severity == "FATAL" || fields.severity == "PANIC" {
                     let mut tracker = shared.lock();
                     if tracker.fatal_is_unsolicited(&fields.code) {

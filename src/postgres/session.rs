@@ -19,6 +19,7 @@ use crate::postgres::client_login::{self, ClientLogin, LoginOutcome};
 use crate::postgres::context::{PgKey, PgManager, PgService};
 use crate::postgres::errors::{ClientError, ClientNotice};
 use crate::postgres::relay::{self, BackendSide, ClientBoundary, RelayEnd, RelayLimits};
+use crate::postgres::restore;
 use crate::postgres::tracker::{Shared, Tracker};
 use crate::postgres::wire;
 
@@ -292,6 +293,30 @@ async fn run_session(
                     }
                 };
                 checkout = replacement;
+                let state = std::mem::take(&mut shared.lock().state);
+                let restored = restore::restore(
+                    checkout.conn(),
+                    &state,
+                    svc.config.timeouts.reset,
+                    svc.config.limits.max_message_size,
+                )
+                .await;
+                shared.lock().state = state;
+                if let Err(err) = restored {
+                    tracing::warn!(pool, error = %err, "session state could not be restored on the new backend");
+                    let reason = RefusalReason::TaintedSession;
+                    metrics::counter!("suture_replays_refused_total", "pool" => pool.to_owned(), "reason" => reason.label())
+                        .increment(1);
+                    if boundary.at_boundary() {
+                        send_notice(
+                            &mut client_write,
+                            &refusal_notice(reason),
+                            limits.client_write,
+                        )
+                        .await;
+                    }
+                    return;
+                }
                 let conn = checkout.conn();
                 cancel.retarget(CancelTarget {
                     addr: conn.addr,

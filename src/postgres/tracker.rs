@@ -5,10 +5,13 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use suture_protocol::pg::TxStatus;
 
 use crate::heal::LossFacts;
+use crate::postgres::session_state::{SessionState, StateOp};
 
 /// SQLSTATE of `idle_session_timeout`: raised only while the backend waits for a request.
 pub(crate) const IDLE_SESSION_TIMEOUT: &str = "57P05";
@@ -34,9 +37,14 @@ pub(crate) struct Tracker {
     /// (settings, prepared statements, temporary tables, locks, cursors, LISTEN): losing the
     /// backend is reported, not hidden.
     pub(crate) tainted: bool,
-    /// Named prepared statements the client has open (lost with the backend until re-preparing
-    /// is built, so they taint the session while any is open).
-    pub(crate) prepared: std::collections::HashSet<String>,
+    /// What can be rebuilt on a new backend (settings, LISTENs, named prepared statements).
+    pub(crate) state: SessionState,
+    /// Per request sent and not yet answered: the state change it makes, if any.
+    pending_ops: VecDeque<Option<StateOp>>,
+    /// Per Parse sent and not yet acknowledged: its name and message, if named.
+    pending_parses: VecDeque<Option<(String, Bytes)>>,
+    /// An ErrorResponse arrived since the last ReadyForQuery.
+    error_since_ready: bool,
     /// SQLSTATE of a FATAL error the backend sent and the client was shown.
     pub(crate) fatal_code: Option<String>,
     /// SQLSTATE of a FATAL error the backend sent while the request could not have run; it
@@ -63,7 +71,10 @@ impl Default for Tracker {
             bytes_to_client: 0,
             dirty: false,
             tainted: false,
-            prepared: std::collections::HashSet::new(),
+            state: SessionState::default(),
+            pending_ops: VecDeque::new(),
+            pending_parses: VecDeque::new(),
+            error_since_ready: false,
             fatal_code: None,
             unsolicited_fatal: None,
             tx_before_request: TxStatus::Idle,
@@ -77,11 +88,31 @@ impl Default for Tracker {
 
 impl Tracker {
     /// A request boundary (Query, Sync, FunctionCall) was forwarded to the backend.
-    pub(crate) fn request_sent(&mut self) {
+    pub(crate) fn request_sent(&mut self, op: Option<StateOp>) {
         if self.pending == 0 {
             self.tx_before_request = self.tx_status;
         }
         self.pending += 1;
+        self.pending_ops.push_back(op);
+    }
+
+    /// A Parse was sent; named ones are remembered once the backend acknowledges them.
+    pub(crate) fn parse_sent(&mut self, named: Option<(String, Bytes)>) {
+        self.pending_parses.push_back(named);
+    }
+
+    /// A ParseComplete came back for the oldest unacknowledged Parse.
+    pub(crate) fn parse_complete(&mut self) {
+        if let Some(Some((name, message))) = self.pending_parses.pop_front() {
+            if !self.state.remember_prepared(name, message) {
+                self.tainted = true;
+            }
+        }
+    }
+
+    /// A (non-fatal) ErrorResponse came back.
+    pub(crate) fn error_received(&mut self) {
+        self.error_since_ready = true;
     }
 
     /// Keeps written request bytes for a possible replay.
@@ -117,7 +148,7 @@ impl Tracker {
             },
             in_transaction: self.tx_status != TxStatus::Idle,
             may_commit: self.may_commit,
-            state_restorable: !self.tainted && self.prepared.is_empty(),
+            state_restorable: !self.tainted,
             request_retained: !self.sent_overflow,
             write_attempted: self.write_attempted,
         }
@@ -126,6 +157,9 @@ impl Tracker {
     /// Forgets everything about requests in flight (after a heal or a replay was set up).
     pub(crate) fn reset_requests(&mut self) {
         self.pending = 0;
+        self.pending_ops.clear();
+        self.pending_parses.clear();
+        self.error_since_ready = false;
         self.clear_in_flight();
         self.fatal_code = None;
         self.unsolicited_fatal = None;
@@ -135,7 +169,18 @@ impl Tracker {
     pub(crate) fn ready(&mut self, status: TxStatus) {
         self.pending = self.pending.saturating_sub(1);
         self.tx_status = status;
+        if let Some(Some(op)) = self.pending_ops.pop_front() {
+            // A state change counts once it succeeded outside a transaction block (inside
+            // one it would depend on the COMMIT: not tracked, so treated as lost state).
+            match (self.error_since_ready, status) {
+                (true, _) => {}
+                (false, TxStatus::Idle) => self.state.apply(op),
+                (false, _) => self.tainted = true,
+            }
+        }
+        self.error_since_ready = false;
         if self.pending == 0 {
+            self.pending_parses.clear();
             self.clear_in_flight();
         }
     }
@@ -314,8 +359,8 @@ mod tests {
     #[test]
     fn ready_for_query_closes_the_request() {
         let mut t = Tracker::default();
-        t.request_sent();
-        t.request_sent();
+        t.request_sent(None);
+        t.request_sent(None);
         t.bytes_to_backend = 10;
         t.ready(TxStatus::InTransaction);
         assert_eq!(t.pending, 1);
