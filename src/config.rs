@@ -71,6 +71,12 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
     /// `pools.*.failover_hold`.
     pub const FAILOVER_HOLD: Duration = Duration::from_secs(30);
+    /// `pools.*.max_held`.
+    pub const MAX_HELD: usize = 1000;
+    /// `pools.*.health_check_after`.
+    pub const HEALTH_CHECK_AFTER: Duration = Duration::from_secs(30);
+    /// `pools.*.health_check_timeout`.
+    pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 }
 
 /// The whole validated configuration. Passed by value; there is no global.
@@ -133,6 +139,8 @@ pub struct PoolConfig {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub client_auth: ClientAuthMethod,
+    /// Which servers may serve this pool (checked after every backend login).
+    pub role: ServerRole,
     /// When set, every client is connected to this database regardless of what it asked for.
     pub database: Option<String>,
     /// Keyed by user name.
@@ -250,6 +258,26 @@ impl TlsMode {
     }
 }
 
+/// `role`: what kind of server a pool accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// Only a writable server: a connection whose `transaction_read_only` is `on` (a standby, a
+    /// demoted primary, `default_transaction_read_only`) is closed and the next server tried.
+    Primary,
+    /// Any server that accepts the login.
+    Any,
+}
+
+impl ServerRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerRole::Primary => "primary",
+            ServerRole::Any => "any",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolSizes {
     /// Authenticated backend connections kept warm.
@@ -257,6 +285,8 @@ pub struct PoolSizes {
     pub max_size: usize,
     /// Bound of the checkout queue; further clients are refused.
     pub max_waiters: usize,
+    /// Most callers held at once (per pool) waiting for an unreachable backend to come back.
+    pub max_held: usize,
     pub max_client_connections: usize,
 }
 
@@ -275,7 +305,12 @@ pub struct Timeouts {
     pub reset: Duration,
     pub max_lifetime: Duration,
     pub idle: Duration,
+    /// How long a checkout keeps retrying while no backend can be reached; zero: no retries.
     pub failover_hold: Duration,
+    /// Idle pooled connections quiet for this long get an empty query; zero turns it off.
+    pub health_check_after: Duration,
+    /// Deadline of that empty query.
+    pub health_check_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,6 +24,9 @@ pub(crate) struct LossFacts {
     pub(crate) state_restorable: bool,
     /// The session still holds the whole request, so it can be sent again.
     pub(crate) request_retained: bool,
+    /// The requests in flight execute nothing (Parse, Bind, Describe, Close, Sync only), so
+    /// running them twice changes nothing the client can see.
+    pub(crate) side_effect_free: bool,
     /// A write of the request was attempted (and failed, if nothing was accepted); false when
     /// the pre-write check found the backend dead first.
     pub(crate) write_attempted: bool,
@@ -38,6 +41,8 @@ pub(crate) enum ReplayReason {
     ZeroBytes,
     /// The backend refused it with an idle-only fatal error.
     RefusedWhileIdle,
+    /// It may have reached the backend, but it executes nothing (e.g. a Close and Sync).
+    NoSideEffects,
 }
 
 /// Why a loss was surfaced to the client (`suture_replays_refused_total{reason}`).
@@ -71,6 +76,7 @@ impl ReplayReason {
             ReplayReason::NeverSent => "never_sent",
             ReplayReason::ZeroBytes => "zero_bytes",
             ReplayReason::RefusedWhileIdle => "refused_while_idle",
+            ReplayReason::NoSideEffects => "no_side_effects",
         }
     }
 }
@@ -92,6 +98,15 @@ pub(crate) fn decide(facts: LossFacts) -> Decision {
     let unexecuted = !facts.request_in_flight
         || facts.refused_while_idle && facts.bytes_to_client == 0
         || facts.bytes_to_backend == 0 && facts.bytes_to_client == 0;
+    let harmless = facts.side_effect_free
+        && facts.bytes_to_client == 0
+        && facts.idle_before_request
+        && !facts.in_transaction
+        && facts.state_restorable
+        && facts.request_retained;
+    if !unexecuted && harmless {
+        return Decision::Replay(ReplayReason::NoSideEffects);
+    }
     if !unexecuted {
         if facts.may_commit {
             return Decision::Refuse(RefusalReason::CommitUnknown);
@@ -202,6 +217,22 @@ mod tests {
     }
 
     #[test]
+    fn written_request_that_executes_nothing_replays() {
+        let facts = LossFacts {
+            request_in_flight: true,
+            bytes_to_backend: 14,
+            side_effect_free: true,
+            ..idle()
+        };
+        assert_eq!(decide(facts), Decision::Replay(ReplayReason::NoSideEffects));
+        let answered = LossFacts {
+            bytes_to_client: 5,
+            ..facts
+        };
+        assert!(matches!(decide(answered), Decision::Refuse(_)));
+    }
+
+    #[test]
     fn commit_in_flight_is_unknown() {
         let facts = LossFacts {
             request_in_flight: true,
@@ -265,7 +296,7 @@ mod tests {
     /// refusal with nothing sent to the client; partial replies are never replayed.
     #[test]
     fn never_replays_what_may_have_run() {
-        for bits in 0u32..(1 << 9) {
+        for bits in 0u32..(1 << 10) {
             let b = |i: u32| bits & (1 << i) != 0;
             let facts = LossFacts {
                 request_in_flight: b(0),
@@ -277,6 +308,7 @@ mod tests {
                 may_commit: b(6),
                 state_restorable: b(7),
                 request_retained: b(8),
+                side_effect_free: b(9),
                 write_attempted: false,
             };
             if let Decision::Replay(_) = decide(facts) {
@@ -285,7 +317,9 @@ mod tests {
                     "{facts:?}"
                 );
                 assert!(
-                    facts.bytes_to_backend == 0 || facts.refused_while_idle,
+                    facts.bytes_to_backend == 0
+                        || facts.refused_while_idle
+                        || facts.side_effect_free,
                     "{facts:?}"
                 );
                 assert!(

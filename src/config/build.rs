@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use super::raw::{RawAdmin, RawLog, RawPool, RawRoot, RawUser, ENV_ORIGIN};
 use super::{
     defaults, AdminConfig, ClientAuthMethod, Config, Limits, LogConfig, LogFormat, PoolConfig,
-    PoolSizes, Problem, Problems, Protocol, Secret, ServerAddr, Timeouts, TlsMode, TlsSettings,
-    UserConfig,
+    PoolSizes, Problem, Problems, Protocol, Secret, ServerAddr, ServerRole, Timeouts, TlsMode,
+    TlsSettings, UserConfig,
 };
 
 const PASSWORD_KEYS: [&str; 3] = ["password", "password_env", "password_file"];
@@ -305,6 +305,7 @@ fn build_pool(
         min_idle: raw.min_idle.unwrap_or(defaults::MIN_IDLE),
         max_size: raw.max_size.unwrap_or(defaults::MAX_SIZE),
         max_waiters: raw.max_waiters.unwrap_or(defaults::MAX_WAITERS),
+        max_held: raw.max_held.unwrap_or(defaults::MAX_HELD),
         max_client_connections: raw
             .max_client_connections
             .unwrap_or(defaults::MAX_CLIENT_CONNECTIONS),
@@ -345,12 +346,13 @@ fn build_pool(
         timeouts,
         limits,
         client_auth,
+        role: raw.role.unwrap_or(ServerRole::Primary),
         database: raw.database,
         users,
     }
 }
 
-/// Every `*_timeout` key, `max_lifetime` and `failover_hold`: defaults and "greater than zero".
+/// Every `*_timeout` key, `max_lifetime`, `failover_hold` and `health_check_after`: defaults and "greater than zero".
 fn build_timeouts(c: &mut Checker, name: &str, raw: &RawPool) -> Timeouts {
     let key = |field: &str| format!("pools.{name}.{field}");
     let mut timeout = |field: &str, value: Option<Duration>, default: Duration, zero_ok: bool| {
@@ -422,6 +424,18 @@ fn build_timeouts(c: &mut Checker, name: &str, raw: &RawPool) -> Timeouts {
             raw.failover_hold,
             defaults::FAILOVER_HOLD,
             true,
+        ),
+        health_check_after: timeout(
+            "health_check_after",
+            raw.health_check_after,
+            defaults::HEALTH_CHECK_AFTER,
+            true,
+        ),
+        health_check_timeout: timeout(
+            "health_check_timeout",
+            raw.health_check_timeout,
+            defaults::HEALTH_CHECK_TIMEOUT,
+            false,
         ),
     }
 }

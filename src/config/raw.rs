@@ -15,7 +15,9 @@ use config::{Environment, File, FileFormat, Map, Value};
 use serde::de::{self, IgnoredAny, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::{ClientAuthMethod, LogFormat, Protocol, TlsMode, ENV_PREFIX, ENV_SEPARATOR};
+use super::{
+    ClientAuthMethod, LogFormat, Protocol, ServerRole, TlsMode, ENV_PREFIX, ENV_SEPARATOR,
+};
 
 /// The origin the `config` crate gives values that came from [`Environment`].
 pub(super) const ENV_ORIGIN: &str = "the environment";
@@ -80,10 +82,12 @@ pub(super) struct RawPool {
     pub(super) tls_ca_file: Option<PathBuf>,
     pub(super) client_auth: Option<ClientAuthMethod>,
     pub(super) database: Option<String>,
+    pub(super) role: Option<ServerRole>,
 
     pub(super) min_idle: Option<usize>,
     pub(super) max_size: Option<usize>,
     pub(super) max_waiters: Option<usize>,
+    pub(super) max_held: Option<usize>,
     pub(super) max_client_connections: Option<usize>,
     /// Bytes: an integer, or a string such as `"64MiB"`.
     #[serde(default, deserialize_with = "byte_size")]
@@ -113,6 +117,10 @@ pub(super) struct RawPool {
     pub(super) idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(super) failover_hold: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) health_check_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) health_check_timeout: Option<Duration>,
 }
 
 /// `[pools.NAME.users.USER]`: exactly one of the three must be set.

@@ -108,6 +108,7 @@ fn defaults_apply() -> Result<(), ConfigError> {
         }
     );
     assert_eq!(app.client_auth, ClientAuthMethod::ScramSha256);
+    assert_eq!(app.role, ServerRole::Primary);
     assert_eq!(app.database, None);
     assert_eq!(
         app.sizes,
@@ -115,6 +116,7 @@ fn defaults_apply() -> Result<(), ConfigError> {
             min_idle: 0,
             max_size: 10,
             max_waiters: 1000,
+            max_held: 1000,
             max_client_connections: 10_000
         }
     );
@@ -135,6 +137,8 @@ fn defaults_apply() -> Result<(), ConfigError> {
             max_lifetime: s(30 * 60),
             idle: s(10 * 60),
             failover_hold: s(30),
+            health_check_after: s(30),
+            health_check_timeout: s(2),
         }
     );
     Ok(())
@@ -172,6 +176,10 @@ reset_timeout = "9s"
 max_lifetime = "1h"
 idle_timeout = "90s"
 failover_hold = "0s"
+max_held = 5
+health_check_after = "0s"
+health_check_timeout = "750ms"
+role = "any"
 [pools.app.users.app]
 password = "x"
 "#;
@@ -194,6 +202,13 @@ password = "x"
     assert_eq!(app.timeouts.reset, Duration::from_secs(9));
     assert_eq!(app.timeouts.max_lifetime, Duration::from_secs(3600));
     assert_eq!(app.timeouts.failover_hold, Duration::ZERO);
+    assert_eq!(app.sizes.max_held, 5);
+    assert_eq!(app.timeouts.health_check_after, Duration::ZERO);
+    assert_eq!(
+        app.timeouts.health_check_timeout,
+        Duration::from_millis(750)
+    );
+    assert_eq!(app.role, ServerRole::Any);
     Ok(())
 }
 
@@ -579,4 +594,18 @@ fn debug_hides_passwords() -> Result<(), ConfigError> {
     assert!(!shown.contains("secret"), "{shown}");
     assert!(shown.contains("***"));
     Ok(())
+}
+
+#[test]
+fn bad_role_and_zero_health_check_timeout_name_the_key() {
+    let text = MINIMAL.replace(
+        "servers = [\"db:5432\"]",
+        "servers = [\"db:5432\"]\nrole = \"replica\"\nhealth_check_timeout = \"0s\"",
+    );
+    let list = problems(&text, &[]);
+    assert!(has(&list, "pools.app.role", "replica"), "{list:?}");
+    assert!(
+        has(&list, "pools.app.health_check_timeout", "greater than zero"),
+        "{list:?}"
+    );
 }

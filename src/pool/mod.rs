@@ -4,18 +4,24 @@
 //! Each sub-pool keeps its idle connections, caps how many are checked out at once with a
 //! semaphore of `max_size` permits, bounds how many callers may wait for a permit, keeps
 //! `min_idle` warm spares, and retires connections past `idle_timeout` or their jittered
-//! `max_lifetime`. Opening and judging a connection is the [`Manager`]'s job; resetting session
-//! state before check-in is the session's (it speaks the protocol).
+//! `max_lifetime`, and retires idle ones before the server's own idle limit would close them.
+//! When no backend can be reached, a checkout is held (DESIGN §5: failover hold): it retries with
+//! exponential backoff and jitter until `failover_hold` runs out, with at most `max_held` callers
+//! held per pool. Maintenance health-checks connections that have been quiet for
+//! `health_check_after`, so a black-holed flow is found before a client needs it. Opening and
+//! judging a connection is the [`Manager`]'s job; resetting session state before check-in is the
+//! session's (it speaks the protocol).
 
 mod settings;
 
 pub(crate) use settings::PoolSettings;
+use settings::{retire_before, Backoff};
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,6 +46,20 @@ pub(crate) trait Manager: Send + Sync + 'static {
     /// A cheap synchronous check (it never waits) before a connection is handed out or kept
     /// idle: `Err` carries the cause label for `suture_backend_idle_closes_total`.
     fn check_idle(&self, conn: &mut Self::Conn) -> Result<(), &'static str>;
+
+    /// Whether a failed [`Manager::connect`] is worth retrying during the failover hold: true
+    /// for connection-level failures (DNS, refused, timeout, TLS, a server that is starting up
+    /// or has the wrong role), false when the server refused the login itself (bad password,
+    /// unknown database): those pass straight through to the client.
+    fn is_retryable(err: &Self::Error) -> bool;
+
+    /// How long the server lets this connection sit idle before it closes it (discovered at
+    /// login), if it has such a limit. The pool retires idle connections with a margin before.
+    fn idle_limit(&self, conn: &Self::Conn) -> Option<Duration>;
+
+    /// An active round trip on an idle connection (PostgreSQL: an empty query); `false` means
+    /// the connection is unusable. The pool bounds it by `health_check_timeout`.
+    fn health_check(&self, conn: &mut Self::Conn) -> impl Future<Output = bool> + Send;
 }
 
 /// Why a checkout failed.
@@ -54,16 +74,47 @@ pub(crate) enum PoolError<E: std::error::Error + 'static> {
     /// Opening a new connection did not finish within the checkout timeout.
     #[error("timed out after {0:?} opening a backend connection")]
     ConnectTimeout(Duration),
-    /// Opening a new connection failed.
+    /// Opening a new connection failed for a reason retrying cannot fix (or the pool has no
+    /// failover hold).
     #[error(transparent)]
     Connect(E),
+    /// No backend could be reached within the failover hold; `last` is the last failure seen
+    /// (none when the only attempt was cut off by the end of the hold).
+    #[error("no backend reachable within the failover hold ({hold:?})")]
+    Unavailable {
+        /// How long this caller was held.
+        waited: Duration,
+        /// The configured hold.
+        hold: Duration,
+        /// Boxed: keeps the error small on the happy path's `Result`.
+        last: Option<Box<E>>,
+    },
+    /// No backend could be reached and `max_held` callers are already held.
+    #[error("no backend reachable and too many clients already held waiting for one")]
+    HoldFull {
+        /// The failure that would have started the hold.
+        last: Box<E>,
+    },
 }
 
 /// A connection with the pool's bookkeeping.
 struct Pooled<C> {
     conn: C,
     retire_at: Instant,
+    /// Since when no client has used it (for `idle_timeout`).
     idle_since: Instant,
+    /// Since when nothing at all went over it (for health checks and the server's idle limit).
+    quiet_since: Instant,
+    /// Retire it once it has been quiet this long (the server's idle limit minus a margin).
+    quiet_limit: Option<Duration>,
+}
+
+impl<C> Pooled<C> {
+    /// Quiet so long that the server may close it soon.
+    fn near_server_idle_limit(&self, now: Instant) -> bool {
+        self.quiet_limit
+            .is_some_and(|limit| now.duration_since(self.quiet_since) >= limit)
+    }
 }
 
 /// One key's connections.
@@ -71,6 +122,10 @@ struct SubPool<C> {
     idle: Mutex<Vec<Pooled<C>>>,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
+    /// Idle connections taken out for a health check.
+    checking: AtomicUsize,
+    /// A top-up task is running.
+    topping_up: AtomicBool,
 }
 
 impl<C> SubPool<C> {
@@ -90,6 +145,8 @@ struct Inner<M: Manager> {
     manager: M,
     settings: PoolSettings,
     subpools: Mutex<SubPools<M>>,
+    /// Callers in the failover hold, all keys together.
+    held: AtomicUsize,
 }
 
 /// A keyed pool of backend connections; cheap to clone.
@@ -122,6 +179,7 @@ impl<M: Manager> Pool<M> {
                 manager,
                 settings,
                 subpools: Mutex::new(HashMap::new()),
+                held: AtomicUsize::new(0),
             }),
         }
     }
@@ -139,6 +197,8 @@ impl<M: Manager> Pool<M> {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(self.inner.settings.max_size)),
             waiting: AtomicUsize::new(0),
+            checking: AtomicUsize::new(0),
+            topping_up: AtomicBool::new(false),
         });
         map.insert(key.clone(), Arc::clone(&sub));
         drop(map);
@@ -147,8 +207,10 @@ impl<M: Manager> Pool<M> {
     }
 
     /// Hands out a healthy connection for `key`: an idle one if there is one, else a new one.
-    /// The whole call is bounded by the checkout timeout. Cancel-safe: a dropped call leaks
-    /// neither a permit nor a connection.
+    /// Waiting for a free slot is bounded by the checkout timeout. Opening a connection is
+    /// bounded by the failover hold: connection-level failures are retried with backoff until it
+    /// runs out ([`PoolError::Unavailable`]); with no hold, by the rest of the checkout timeout.
+    /// Cancel-safe: a dropped call leaks neither a permit, a connection nor a held count.
     pub(crate) async fn checkout(&self, key: &M::Key) -> Result<Checkout<M>, PoolError<M::Error>> {
         let started = Instant::now();
         let limit = self.inner.settings.checkout_timeout;
@@ -157,31 +219,114 @@ impl<M: Manager> Pool<M> {
             Ok(permit) => permit,
             Err(_) => self.wait_for_permit(&sub, limit).await?,
         };
+        let pooled = match self.take_idle(&sub) {
+            Some(pooled) => pooled,
+            None if self.inner.settings.failover_hold.is_zero() => {
+                let remaining = limit.saturating_sub(started.elapsed());
+                match tokio::time::timeout(remaining, self.inner.manager.connect(key)).await {
+                    Ok(Ok(conn)) => self.fresh(conn),
+                    Ok(Err(err)) => return Err(PoolError::Connect(err)),
+                    Err(_) => return Err(PoolError::ConnectTimeout(limit)),
+                }
+            }
+            None => self.open_held(key, &sub).await?,
+        };
+        self.record_checkout(started);
+        Ok(self.wrap(pooled, key, permit))
+    }
+
+    /// The newest usable idle connection, retiring unusable ones on the way.
+    fn take_idle(&self, sub: &SubPool<M::Conn>) -> Option<Pooled<M::Conn>> {
         loop {
-            let Some(mut pooled) = sub.idle().pop() else {
-                break;
-            };
-            if pooled.retire_at <= Instant::now() {
+            let mut pooled = sub.idle().pop()?;
+            let now = Instant::now();
+            if pooled.retire_at <= now {
                 self.count_close("max_lifetime");
                 continue;
             }
+            if pooled.near_server_idle_limit(now) {
+                self.count_close("idle_timeout");
+                continue;
+            }
             match self.inner.manager.check_idle(&mut pooled.conn) {
-                Ok(()) => {
-                    self.record_checkout(started);
-                    return Ok(self.wrap(pooled, key, permit));
-                }
+                Ok(()) => return Some(pooled),
                 Err(cause) => self.count_idle_close(cause),
             }
         }
-        let remaining = limit.saturating_sub(started.elapsed());
-        let conn = match tokio::time::timeout(remaining, self.inner.manager.connect(key)).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(err)) => return Err(PoolError::Connect(err)),
-            Err(_) => return Err(PoolError::ConnectTimeout(limit)),
-        };
-        self.record_checkout(started);
-        let pooled = self.fresh(conn);
-        Ok(self.wrap(pooled, key, permit))
+    }
+
+    /// Opens a connection, retrying connection-level failures with backoff and jitter until
+    /// the failover hold runs out. Every attempt resolves the servers afresh (the manager's
+    /// job), and a connection checked in meanwhile is taken instead.
+    async fn open_held(
+        &self,
+        key: &M::Key,
+        sub: &SubPool<M::Conn>,
+    ) -> Result<Pooled<M::Conn>, PoolError<M::Error>> {
+        let hold = self.inner.settings.failover_hold;
+        let started = Instant::now();
+        let deadline = started + hold;
+        let mut backoff = Backoff::new();
+        let mut held: Option<Held<'_>> = None;
+        let mut last: Option<M::Error> = None;
+        let mut attempts: u32 = 0;
+        loop {
+            attempts += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.inner.manager.connect(key)).await {
+                Ok(Ok(conn)) => {
+                    if held.is_some() {
+                        tracing::info!(pool = %self.inner.name, ?key, attempts, waited = ?started.elapsed(), "backend reachable again; held request released");
+                    }
+                    return Ok(self.fresh(conn));
+                }
+                Ok(Err(err)) if !M::is_retryable(&err) => return Err(PoolError::Connect(err)),
+                Ok(Err(err)) => last = Some(err),
+                // The hold ran out during the attempt.
+                Err(_) => {}
+            }
+            if held.is_none() {
+                match Held::enter(self) {
+                    Some(entered) => {
+                        tracing::warn!(pool = %self.inner.name, ?key, error = %DisplayLast(&last), ?hold, "backend unreachable; holding the request");
+                        held = Some(entered);
+                    }
+                    None => {
+                        self.count_unavailable();
+                        tracing::warn!(pool = %self.inner.name, ?key, error = %DisplayLast(&last), max_held = self.inner.settings.max_held, "backend unreachable and the failover hold is full");
+                        return Err(match last {
+                            Some(last) => PoolError::HoldFull {
+                                last: Box::new(last),
+                            },
+                            None => PoolError::Unavailable {
+                                waited: started.elapsed(),
+                                hold,
+                                last: None,
+                            },
+                        });
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.count_unavailable();
+                tracing::warn!(pool = %self.inner.name, ?key, attempts, error = %DisplayLast(&last), ?hold, "no backend reachable within the failover hold");
+                return Err(PoolError::Unavailable {
+                    waited: started.elapsed(),
+                    hold,
+                    last: last.map(Box::new),
+                });
+            }
+            tokio::time::sleep(backoff.pause().min(deadline - now)).await;
+            if let Some(pooled) = self.take_idle(sub) {
+                return Ok(pooled);
+            }
+        }
+    }
+
+    fn count_unavailable(&self) {
+        metrics::counter!("suture_replays_refused_total", "pool" => self.inner.name.clone(), "reason" => "backend_unavailable")
+            .increment(1);
     }
 
     async fn wait_for_permit(
@@ -225,10 +370,13 @@ impl<M: Manager> Pool<M> {
 
     fn fresh(&self, conn: M::Conn) -> Pooled<M::Conn> {
         let now = Instant::now();
+        let quiet_limit = self.inner.manager.idle_limit(&conn).map(retire_before);
         Pooled {
             conn,
             retire_at: now + self.inner.settings.jittered_lifetime(),
             idle_since: now,
+            quiet_since: now,
+            quiet_limit,
         }
     }
 
@@ -247,16 +395,23 @@ impl<M: Manager> Pool<M> {
     }
 
     /// Opens connections in the background until the sub-pool has `min_idle` idle ones (never
-    /// beyond `max_size` in all).
+    /// beyond `max_size` in all). One top-up per sub-pool runs at a time.
     fn spawn_top_up(&self, key: M::Key, sub: Arc<SubPool<M::Conn>>) {
         let min_idle = self.inner.settings.min_idle;
-        if min_idle == 0 {
+        if min_idle == 0 || sub.topping_up.swap(true, Ordering::AcqRel) {
             return;
         }
         let pool = self.clone();
         tokio::spawn(async move {
+            struct Done<'a>(&'a AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _done = Done(&sub.topping_up);
             loop {
-                let idle = sub.idle().len();
+                let idle = sub.idle().len() + sub.checking.load(Ordering::Acquire);
                 let busy = pool
                     .inner
                     .settings
@@ -284,8 +439,10 @@ impl<M: Manager> Pool<M> {
         });
     }
 
-    /// One maintenance pass: retire idle connections past `idle_timeout` (above `min_idle`) or
-    /// their lifetime, drop unusable ones, and top every sub-pool up to `min_idle`.
+    /// One maintenance pass: retire idle connections past `idle_timeout` (above `min_idle`),
+    /// their lifetime or near the server's idle limit, drop unusable ones, health-check those
+    /// quiet for `health_check_after` (concurrently, in the background; the good ones come
+    /// back), and top every sub-pool up to `min_idle`.
     pub(crate) fn maintain(&self) {
         let subs: SubPools<M> = self
             .inner
@@ -295,27 +452,27 @@ impl<M: Manager> Pool<M> {
             .clone();
         let now = Instant::now();
         let settings = &self.inner.settings;
+        let check_after = settings.health_check_after;
         for (key, sub) in subs {
+            let mut to_check = Vec::new();
             let retired: Vec<(Pooled<M::Conn>, &'static str)> = {
                 let mut idle = sub.idle();
                 let mut keep = Vec::with_capacity(idle.len());
                 let mut retired = Vec::new();
                 // Newest last: walk from the newest so the oldest go first.
                 for mut pooled in idle.drain(..).rev() {
-                    let expired = pooled.retire_at <= now;
                     let stale = now.duration_since(pooled.idle_since) >= settings.idle_timeout
                         && keep.len() >= settings.min_idle;
-                    if expired || stale {
-                        retired.push((
-                            pooled,
-                            if expired {
-                                "max_lifetime"
-                            } else {
-                                "idle_timeout"
-                            },
-                        ));
+                    if pooled.retire_at <= now {
+                        retired.push((pooled, "max_lifetime"));
+                    } else if stale || pooled.near_server_idle_limit(now) {
+                        retired.push((pooled, "idle_timeout"));
                     } else if let Err(cause) = self.inner.manager.check_idle(&mut pooled.conn) {
                         self.count_idle_close(cause);
+                    } else if !check_after.is_zero()
+                        && now.duration_since(pooled.quiet_since) >= check_after
+                    {
+                        to_check.push(pooled);
                     } else {
                         keep.push(pooled);
                     }
@@ -328,8 +485,34 @@ impl<M: Manager> Pool<M> {
                 self.count_close(reason);
             }
             drop(retired);
+            for pooled in to_check {
+                self.spawn_health_check(pooled, Arc::clone(&sub));
+            }
             self.spawn_top_up(key, sub);
         }
+    }
+
+    /// Checks one idle connection in the background under `health_check_timeout`; puts it back
+    /// if it answered, else closes it.
+    fn spawn_health_check(&self, mut pooled: Pooled<M::Conn>, sub: Arc<SubPool<M::Conn>>) {
+        sub.checking.fetch_add(1, Ordering::AcqRel);
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let limit = pool.inner.settings.health_check_timeout;
+            let alive =
+                tokio::time::timeout(limit, pool.inner.manager.health_check(&mut pooled.conn))
+                    .await
+                    .unwrap_or(false);
+            if alive {
+                pooled.quiet_since = Instant::now();
+                sub.idle().push(pooled);
+            } else {
+                tracing::info!(pool = %pool.inner.name, ?limit, "idle backend connection failed its health check");
+                pool.count_close("health_check");
+                drop(pooled);
+            }
+            sub.checking.fetch_sub(1, Ordering::AcqRel);
+        });
     }
 
     /// Runs [`Pool::maintain`] every `every` until the pool is dropped by everyone else.
@@ -392,9 +575,53 @@ impl<M: Manager> Checkout<M> {
         if pool.inner.manager.check_idle(&mut pooled.conn).is_err() {
             return;
         }
-        pooled.idle_since = Instant::now();
+        let now = Instant::now();
+        pooled.idle_since = now;
+        pooled.quiet_since = now;
         let sub = pool.subpool(&self.key);
         sub.idle().push(pooled);
+    }
+}
+
+/// One caller in the failover hold: counted per pool and shown as `suture_held_requests`.
+struct Held<'a> {
+    name: &'a str,
+    held: &'a AtomicUsize,
+}
+
+impl<'a> Held<'a> {
+    /// Enters the hold, unless `max_held` callers are already in it.
+    fn enter<M: Manager>(pool: &'a Pool<M>) -> Option<Held<'a>> {
+        let inner = &*pool.inner;
+        let before = inner.held.fetch_add(1, Ordering::AcqRel);
+        if before >= inner.settings.max_held {
+            inner.held.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        metrics::gauge!("suture_held_requests", "pool" => inner.name.clone()).increment(1.0);
+        Some(Held {
+            name: &inner.name,
+            held: &inner.held,
+        })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!("suture_held_requests", "pool" => self.name.to_owned()).decrement(1.0);
+    }
+}
+
+/// The last connect failure for a log line.
+struct DisplayLast<'a, E>(&'a Option<E>);
+
+impl<E: std::fmt::Display> std::fmt::Display for DisplayLast<'_, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(err) => err.fmt(f),
+            None => f.write_str("the attempt did not finish in time"),
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! One authenticated connection to a PostgreSQL server, and how Suture opens it: resolve and
 //! connect (re-resolving every time), negotiate TLS per the pool's mode, send the startup
 //! message, answer whatever authentication the server asks for (SCRAM-SHA-256, md5, cleartext,
-//! trust), and collect ParameterStatus and BackendKeyData up to the first ReadyForQuery. Every step
-//! has its own deadline (DESIGN §6).
+//! trust), and collect ParameterStatus and BackendKeyData up to the first ReadyForQuery. Then one
+//! query discovers the server's idle limits and whether it is read-only (DESIGN §5): a pool that
+//! wants a primary closes a read-only connection and tries the next server. Every step has its own
+//! deadline (DESIGN §6).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use suture_protocol::pg::{self, Authentication, ErrorFields, TxStatus};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::config::TlsMode;
+use crate::config::{ServerAddr, ServerRole, TlsMode};
 use crate::liveness::{Liveness, Probe};
 use crate::net::connect::{connect_tcp, ConnectError};
 use crate::net::tls::TlsError;
@@ -45,6 +47,13 @@ pub(crate) struct BackendConn {
     pub(crate) broken: bool,
     /// Peeks at the TCP socket under the stream to tell whether an idle connection is alive.
     pub(crate) probe: Probe,
+    /// The server's `idle_session_timeout` for this user and database, when set (discovered at
+    /// login; the pool retires idle connections before it fires).
+    pub(crate) idle_limit: Option<Duration>,
+    /// The server's `idle_in_transaction_session_timeout` for this user and database, when set.
+    pub(crate) idle_in_transaction_limit: Option<Duration>,
+    /// `transaction_read_only` was `on` at login.
+    pub(crate) read_only: bool,
 }
 
 /// Why opening a backend connection failed; every variant says which step.
@@ -79,7 +88,18 @@ pub(crate) enum BackendError {
     /// No password is configured for this user.
     #[error("no password configured for user {0:?}")]
     UnknownUser(String),
+    /// The pool wants a primary and every server reached was read-only.
+    #[error("server {0} is read-only (transaction_read_only = on) and the pool wants a primary")]
+    ReadOnly(ServerAddr),
+    /// The query that discovers the server's limits and role failed.
+    #[error("reading the server's settings after login failed: {0}")]
+    Discovery(#[source] Box<RunError>),
 }
+
+/// SQLSTATEs of login refusals that mean "not now" rather than "not you": the server is
+/// starting up, shutting down or in recovery (`57P03`), or was shut down or crashed under the
+/// login (`57P01`, `57P02`). Class `08` (connection exception) is transient too.
+const TRANSIENT_LOGIN_CODES: [&str; 3] = ["57P01", "57P02", "57P03"];
 
 impl BackendError {
     /// Fixed-cardinality label for `suture_backend_connects_total{result}`.
@@ -89,11 +109,37 @@ impl BackendError {
             BackendError::Tls(_) | BackendError::TlsRefused(_) => "tls_error",
             BackendError::Timeout { .. } => "timeout",
             BackendError::Wire(_) => "error",
+            BackendError::Refused(fields) if transient_refusal(fields) => "refused",
             BackendError::Refused(_)
             | BackendError::UnsupportedAuth(_)
             | BackendError::UnknownUser(_) => "auth_error",
+            BackendError::ReadOnly(_) => "read_only",
+            BackendError::Discovery(_) => "error",
         }
     }
+
+    /// Whether the failover hold should keep trying (DESIGN §5): the server could not be
+    /// reached, could not finish a login right now, or has the wrong role. An authentication
+    /// refusal, an unknown database or a TLS mode the server does not offer are answers, not
+    /// outages, and go to the client at once.
+    pub(crate) fn is_retryable(&self) -> bool {
+        match self {
+            BackendError::Connect(_)
+            | BackendError::Tls(_)
+            | BackendError::Timeout { .. }
+            | BackendError::Wire(_)
+            | BackendError::ReadOnly(_)
+            | BackendError::Discovery(_) => true,
+            BackendError::Refused(fields) => transient_refusal(fields),
+            BackendError::TlsRefused(_)
+            | BackendError::UnsupportedAuth(_)
+            | BackendError::UnknownUser(_) => false,
+        }
+    }
+}
+
+fn transient_refusal(fields: &ErrorFields) -> bool {
+    TRANSIENT_LOGIN_CODES.contains(&fields.code.as_str()) || fields.code.starts_with("08")
 }
 
 /// Runs `fut` under `limit`, naming `step` if it runs out.
@@ -121,13 +167,44 @@ pub(crate) async fn connect(
     result
 }
 
+/// Logs in to the first server that accepts; when the pool wants a primary and that server is
+/// read-only, closes the connection and carries on with the servers after it.
 async fn connect_inner(ctx: &BackendContext, key: &PgKey) -> Result<BackendConn, BackendError> {
+    let mut rest: &[ServerAddr] = &ctx.servers;
+    loop {
+        let (conn, server) = connect_one(ctx, key, rest).await?;
+        if !wrong_role(ctx.role, conn.read_only) {
+            return Ok(conn);
+        }
+        tracing::info!(pool = %ctx.pool_name, %server, "backend server is read-only; the pool wants a primary");
+        drop(conn);
+        let next = rest
+            .iter()
+            .position(|s| *s == server)
+            .map_or(rest.len(), |i| i + 1);
+        rest = &rest[next..];
+        if rest.is_empty() {
+            return Err(BackendError::ReadOnly(server));
+        }
+    }
+}
+
+/// A read-only server for a pool that wants a primary.
+pub(crate) fn wrong_role(role: ServerRole, read_only: bool) -> bool {
+    role == ServerRole::Primary && read_only
+}
+
+async fn connect_one(
+    ctx: &BackendContext,
+    key: &PgKey,
+    servers: &[ServerAddr],
+) -> Result<(BackendConn, ServerAddr), BackendError> {
     let secrets = ctx
         .users
         .get(&key.user)
         .ok_or_else(|| BackendError::UnknownUser(key.user.clone()))?;
     let t = &ctx.timeouts;
-    let (tcp, server, addr) = connect_tcp(&ctx.resolver, &ctx.servers, t.dns, t.connect).await?;
+    let (tcp, server, addr) = connect_tcp(&ctx.resolver, servers, t.dns, t.connect).await?;
     let probe = Probe::of(&tcp).map_err(WireError::Io)?;
     let (mut reader, mut writer) = match ctx.tls.mode() {
         TlsMode::Disable => stream::split_plain(tcp),
@@ -196,7 +273,7 @@ async fn connect_inner(ctx: &BackendContext, key: &PgKey) -> Result<BackendConn,
         Ok((params, key_data))
     };
     let (params, (process_id, secret_key)) = step("backend authentication", t.auth, login).await?;
-    Ok(BackendConn {
+    let mut conn = BackendConn {
         reader,
         writer,
         rbuf,
@@ -207,7 +284,83 @@ async fn connect_inner(ctx: &BackendContext, key: &PgKey) -> Result<BackendConn,
         applied: BTreeMap::new(),
         broken: false,
         probe,
-    })
+        idle_limit: None,
+        idle_in_transaction_limit: None,
+        read_only: false,
+    };
+    conn.discover(t.auth, max)
+        .await
+        .map_err(|err| BackendError::Discovery(Box::new(err)))?;
+    Ok((conn, server))
+}
+
+/// Reads the limits and the role as they apply to this user and database (role and database
+/// settings included). `current_setting(.., true)` gives NULL on servers without the setting.
+const DISCOVERY_SQL: &str = "SELECT current_setting('idle_session_timeout', true), \
+     current_setting('idle_in_transaction_session_timeout', true), \
+     current_setting('transaction_read_only', true)";
+
+/// Parses a time setting as `current_setting` shows it (`0`, `500ms`, `1s`, `5min`, `1h`, `1d`,
+/// a bare number being milliseconds). `None` for zero or negative (disabled) and for anything
+/// unreadable.
+pub(crate) fn parse_pg_interval(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: i64 = digits.parse().ok()?;
+    let number = u64::try_from(number).ok().filter(|n| *n > 0)?;
+    let millis_per_unit: u64 = match unit.trim() {
+        "us" => return Some(Duration::from_micros(number)),
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    number
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+}
+
+/// The columns of one DataRow (tag `D`) as text, NULL as `None`. Every length is checked against
+/// the body, so a malformed row is an error, never a panic.
+pub(crate) fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
+    fn malformed(what: &'static str) -> WireError {
+        WireError::Protocol(suture_protocol::ProtocolError::Malformed(what))
+    }
+    let count = body
+        .get(..2)
+        .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        .ok_or_else(|| malformed("DataRow shorter than its column count"))?;
+    let count =
+        usize::try_from(count).map_err(|_| malformed("DataRow column count is negative"))?;
+    let mut pos = 2;
+    let mut values = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = body
+            .get(pos..pos + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| malformed("DataRow column length past the end"))?;
+        pos += 4;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| malformed("DataRow column length"))?;
+        let value = pos
+            .checked_add(len)
+            .and_then(|end| body.get(pos..end))
+            .ok_or_else(|| malformed("DataRow column value past the end"))?;
+        pos += len;
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+    }
+    if pos != body.len() {
+        return Err(malformed("bytes after the last DataRow column"));
+    }
+    Ok(values)
 }
 
 /// The server's ErrorResponse as a login refusal.
@@ -363,7 +516,7 @@ impl BackendConn {
         limit: Duration,
         max: usize,
     ) -> Result<(), RunError> {
-        let result = tokio::time::timeout(limit, self.run_internal_inner(sql, max)).await;
+        let result = tokio::time::timeout(limit, self.run_internal_inner(sql, max, None)).await;
         let result = result.unwrap_or(Err(RunError::Wire(WireError::Timeout(limit))));
         if result.is_err() {
             self.broken = true;
@@ -371,7 +524,45 @@ impl BackendConn {
         result
     }
 
-    async fn run_internal_inner(&mut self, sql: &str, max: usize) -> Result<(), RunError> {
+    /// The server's idle limit for this connection (`idle_session_timeout`), if it has one.
+    pub(crate) fn idle_limit(&self) -> Option<Duration> {
+        self.idle_limit
+    }
+
+    /// Reads the idle limits and `transaction_read_only` into this connection.
+    async fn discover(&mut self, limit: Duration, max: usize) -> Result<(), RunError> {
+        let values = self.query_values(DISCOVERY_SQL, limit, max).await?;
+        let value = |i: usize| values.get(i).and_then(|v| v.as_deref());
+        self.idle_limit = value(0).and_then(parse_pg_interval);
+        self.idle_in_transaction_limit = value(1).and_then(parse_pg_interval);
+        self.read_only = value(2) == Some("on");
+        Ok(())
+    }
+
+    /// Runs one simple query Suture itself issues and returns the columns of its first row as
+    /// text (NULL as `None`; no row: empty). Same rules as [`BackendConn::run_internal`].
+    pub(crate) async fn query_values(
+        &mut self,
+        sql: &str,
+        limit: Duration,
+        max: usize,
+    ) -> Result<Vec<Option<String>>, RunError> {
+        let mut row = None;
+        let result =
+            tokio::time::timeout(limit, self.run_internal_inner(sql, max, Some(&mut row))).await;
+        let result = result.unwrap_or(Err(RunError::Wire(WireError::Timeout(limit))));
+        if result.is_err() {
+            self.broken = true;
+        }
+        result.map(|()| row.unwrap_or_default())
+    }
+
+    async fn run_internal_inner(
+        &mut self,
+        sql: &str,
+        max: usize,
+        mut first_row: Option<&mut Option<Vec<Option<String>>>>,
+    ) -> Result<(), RunError> {
         let mut out = BytesMut::new();
         pg::encode_query(sql, &mut out).map_err(WireError::from)?;
         tokio::io::AsyncWriteExt::write_all(&mut self.writer, &out)
@@ -391,6 +582,13 @@ impl BackendConn {
                 }
                 b'E' => {
                     error = Some(pg::parse_error_fields(&message.body).map_err(WireError::from)?)
+                }
+                b'D' => {
+                    if let Some(slot) = first_row.as_deref_mut() {
+                        if slot.is_none() {
+                            *slot = Some(parse_data_row(&message.body)?);
+                        }
+                    }
                 }
                 b'Z' => {
                     let status =
@@ -419,4 +617,115 @@ pub(crate) enum RunError {
     /// The query left a transaction open.
     #[error("connection left inside a transaction")]
     NotIdle,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_intervals() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_pg_interval("0"), None);
+        assert_eq!(parse_pg_interval("0ms"), None);
+        assert_eq!(parse_pg_interval("-1"), None);
+        assert_eq!(parse_pg_interval("250"), Some(ms(250)));
+        assert_eq!(parse_pg_interval("500ms"), Some(ms(500)));
+        assert_eq!(parse_pg_interval("1s"), Some(ms(1_000)));
+        assert_eq!(parse_pg_interval("5min"), Some(ms(300_000)));
+        assert_eq!(parse_pg_interval("1h"), Some(ms(3_600_000)));
+        assert_eq!(parse_pg_interval("1d"), Some(ms(86_400_000)));
+        assert_eq!(parse_pg_interval(" 10s "), Some(ms(10_000)));
+        assert_eq!(parse_pg_interval("10us"), Some(Duration::from_micros(10)));
+        assert_eq!(parse_pg_interval(""), None);
+        assert_eq!(parse_pg_interval("s"), None);
+        assert_eq!(parse_pg_interval("5 fortnights"), None);
+        assert_eq!(parse_pg_interval("99999999999999999999d"), None);
+    }
+
+    fn row(columns: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut body = (columns.len() as i16).to_be_bytes().to_vec();
+        for column in columns {
+            match column {
+                Some(v) => {
+                    body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    body.extend_from_slice(v);
+                }
+                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        body
+    }
+
+    #[test]
+    fn data_rows() {
+        let body = row(&[Some(b"5min"), None, Some(b"")]);
+        let values = parse_data_row(&body).expect("valid row");
+        assert_eq!(
+            values,
+            vec![Some("5min".to_owned()), None, Some(String::new())]
+        );
+        assert_eq!(parse_data_row(&row(&[])).expect("no columns"), vec![]);
+    }
+
+    #[test]
+    fn malformed_data_rows_are_errors() {
+        let good = row(&[Some(b"on"), Some(b"1s")]);
+        for cut in 0..good.len() {
+            assert!(parse_data_row(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = good.clone();
+        extra.push(0);
+        assert!(parse_data_row(&extra).is_err());
+        let mut huge = 1i16.to_be_bytes().to_vec();
+        huge.extend_from_slice(&i32::MAX.to_be_bytes());
+        assert!(parse_data_row(&huge).is_err());
+        assert!(parse_data_row(&(-1i16).to_be_bytes()).is_err());
+    }
+
+    #[test]
+    fn role_decision() {
+        assert!(wrong_role(ServerRole::Primary, true));
+        assert!(!wrong_role(ServerRole::Primary, false));
+        assert!(!wrong_role(ServerRole::Any, true));
+        assert!(!wrong_role(ServerRole::Any, false));
+    }
+
+    fn refusal(code: &str) -> BackendError {
+        BackendError::Refused(ErrorFields {
+            severity: "FATAL".into(),
+            code: code.into(),
+            message: "m".into(),
+            detail: None,
+            hint: None,
+        })
+    }
+
+    #[test]
+    fn which_login_failures_the_hold_retries() {
+        assert!(
+            refusal("57P03").is_retryable(),
+            "starting up / shutting down"
+        );
+        assert!(refusal("57P01").is_retryable());
+        assert!(refusal("08006").is_retryable());
+        assert!(!refusal("28P01").is_retryable(), "bad password");
+        assert!(!refusal("3D000").is_retryable(), "unknown database");
+        assert!(!refusal("53300").is_retryable(), "too many connections");
+        assert_eq!(refusal("57P03").metrics_label(), "refused");
+        assert_eq!(refusal("28P01").metrics_label(), "auth_error");
+        let read_only = BackendError::ReadOnly(ServerAddr {
+            host: "db".into(),
+            port: 5432,
+        });
+        assert!(read_only.is_retryable());
+        assert_eq!(read_only.metrics_label(), "read_only");
+        assert!(!BackendError::UnknownUser("x".into()).is_retryable());
+        assert!(!BackendError::TlsRefused(TlsMode::Require).is_retryable());
+        assert!(BackendError::Timeout {
+            step: "backend authentication",
+            limit: Duration::from_secs(1)
+        }
+        .is_retryable());
+    }
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::config::ClientAuthMethod;
 use crate::postgres::cancel;
 use crate::postgres::client_auth::{self, ScramExchange, ScramKeys, SCRAM_SHA_256};
-use crate::postgres::context::PgService;
+use crate::postgres::context::{PgKey, PgService};
 use crate::postgres::errors::ClientError;
 use crate::postgres::wire;
 
@@ -24,6 +24,17 @@ pub(crate) struct ClientLogin {
     pub(crate) options: Option<String>,
     /// Every other startup parameter: run-time settings applied with SET on the backend.
     pub(crate) settings: Vec<(String, String)>,
+}
+
+impl ClientLogin {
+    /// The sub-pool this client's backends come from.
+    pub(crate) fn key(&self) -> PgKey {
+        PgKey {
+            user: self.user.clone(),
+            database: self.database.clone(),
+            options: self.options.clone(),
+        }
+    }
 }
 
 /// How the startup phase ended.

@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::ServerAddr;
-use crate::config::{PoolConfig, Timeouts};
+use crate::config::{PoolConfig, ServerRole, Timeouts};
 use crate::net::dns::Resolver;
 use crate::net::tls::{BackendTls, TlsError};
 use crate::pool::{Manager, Pool, PoolSettings};
@@ -33,6 +34,8 @@ pub(crate) struct BackendContext {
     pub(crate) timeouts: Timeouts,
     pub(crate) max_message_size: usize,
     pub(crate) users: HashMap<String, UserSecrets>,
+    /// Whether a read-only server is acceptable.
+    pub(crate) role: ServerRole,
 }
 
 /// The pool's [`Manager`] for PostgreSQL.
@@ -51,6 +54,22 @@ impl Manager for PgManager {
 
     fn check_idle(&self, conn: &mut BackendConn) -> Result<(), &'static str> {
         conn.check_idle(self.ctx.max_message_size)
+    }
+
+    fn is_retryable(err: &BackendError) -> bool {
+        err.is_retryable()
+    }
+
+    fn idle_limit(&self, conn: &BackendConn) -> Option<Duration> {
+        conn.idle_limit()
+    }
+
+    async fn health_check(&self, conn: &mut BackendConn) -> bool {
+        // An empty query: EmptyQueryResponse and ReadyForQuery, nothing else changes.
+        let limit = self.ctx.timeouts.health_check_timeout;
+        conn.run_internal("", limit, self.ctx.max_message_size)
+            .await
+            .is_ok()
     }
 }
 
@@ -87,6 +106,7 @@ impl PgService {
             timeouts: config.timeouts.clone(),
             max_message_size: config.limits.max_message_size,
             users,
+            role: config.role,
         });
         let settings = PoolSettings {
             min_idle: config.sizes.min_idle,
@@ -95,6 +115,10 @@ impl PgService {
             checkout_timeout: config.timeouts.checkout,
             idle_timeout: config.timeouts.idle,
             max_lifetime: config.timeouts.max_lifetime,
+            failover_hold: config.timeouts.failover_hold,
+            max_held: config.sizes.max_held,
+            health_check_after: config.timeouts.health_check_after,
+            health_check_timeout: config.timeouts.health_check_timeout,
         };
         let pool = Pool::new(
             &config.name,

@@ -108,6 +108,12 @@ impl ClientError {
                 fatal("53300", "sorry, too many clients already")
             }
             ClientError::Pool(err @ PoolError::WaitTimeout(_)) => fatal("53300", err.to_string()),
+            ClientError::Pool(
+                err @ (PoolError::Unavailable { .. } | PoolError::HoldFull { .. }),
+            ) => fatal(
+                "57P03",
+                format!("the database system is not accepting connections: {err}"),
+            ),
             ClientError::Pool(err) => fatal(
                 "08006",
                 format!("could not connect to the database server: {err}"),

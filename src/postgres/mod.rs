@@ -1,10 +1,12 @@
 //! The PostgreSQL side of Suture: client login, backend connections, the relay and the
 //! bookkeeping healing needs.
 
+mod aborted;
 mod backend;
 pub(crate) mod cancel;
 mod client_auth;
 mod client_login;
+mod command_phase;
 mod context;
 mod errors;
 mod relay;

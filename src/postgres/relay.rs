@@ -173,7 +173,11 @@ fn note_client_message(tag: u8, message: &[u8], shared: &Shared) -> bool {
             }
             false
         }
-        b'B' | b'D' | b'E' => false,
+        b'E' => {
+            shared.lock().side_effect_free = false;
+            false
+        }
+        b'B' | b'D' => false,
         b'S' => {
             shared.lock().request_sent(None);
             true
@@ -190,6 +194,7 @@ fn note_client_message(tag: u8, message: &[u8], shared: &Shared) -> bool {
             if op.is_none() {
                 tracker.tainted |= sql.is_none_or(may_taint_session);
             }
+            tracker.side_effect_free = false;
             tracker.request_sent(op);
             true
         }
@@ -197,6 +202,7 @@ fn note_client_message(tag: u8, message: &[u8], shared: &Shared) -> bool {
             let mut tracker = shared.lock();
             tracker.dirty = true;
             tracker.tainted = true;
+            tracker.side_effect_free = false;
             tracker.request_sent(None);
             true
         }

@@ -60,6 +60,9 @@ pub(crate) struct Tracker {
     pub(crate) sent_overflow: bool,
     /// A write to the backend was attempted since the last ReadyForQuery.
     pub(crate) write_attempted: bool,
+    /// Nothing sent since the last ReadyForQuery executes anything (no Query, Execute,
+    /// FunctionCall).
+    pub(crate) side_effect_free: bool,
 }
 
 impl Default for Tracker {
@@ -82,6 +85,7 @@ impl Default for Tracker {
             sent: BytesMut::new(),
             sent_overflow: false,
             write_attempted: false,
+            side_effect_free: true,
         }
     }
 }
@@ -151,6 +155,7 @@ impl Tracker {
             state_restorable: !self.tainted,
             request_retained: !self.sent_overflow,
             write_attempted: self.write_attempted,
+            side_effect_free: self.side_effect_free,
         }
     }
 
@@ -193,6 +198,7 @@ impl Tracker {
         self.sent.clear();
         self.sent_overflow = false;
         self.write_attempted = false;
+        self.side_effect_free = true;
     }
 }
 

@@ -285,3 +285,27 @@ fn put_fields(
     }
     Ok(())
 }
+
+/// CommandComplete (`C`) with its command tag, e.g. `ROLLBACK`.
+pub fn encode_command_complete(command_tag: &str, buf: &mut BytesMut) -> Result<(), ProtocolError> {
+    tagged(b'C', buf, |buf| {
+        put_cstr(command_tag.as_bytes(), "NUL in a command tag", buf)
+    })
+}
+
+/// A body-less reply to an extended-protocol message: ParseComplete (`1`), BindComplete (`2`),
+/// CloseComplete (`3`) or NoData (`n`). Other tags are not body-less and are refused.
+pub fn encode_empty_reply(tag: u8, buf: &mut BytesMut) -> Result<(), ProtocolError> {
+    match tag {
+        b'1' | b'2' | b'3' | b'n' => {
+            fixed(tag, &[], buf);
+            Ok(())
+        }
+        _ => Err(ProtocolError::InvalidArgument("not a body-less reply tag")),
+    }
+}
+
+/// ParameterDescription (`t`) with no parameters.
+pub fn encode_no_parameters(buf: &mut BytesMut) {
+    fixed(b't', &[0, 0], buf);
+}

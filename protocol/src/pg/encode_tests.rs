@@ -237,3 +237,19 @@ fn unencodable_input_leaves_buf_untouched() {
     assert!(encode_notice_response("NOTICE", "1\0", "m", &mut buf).is_err());
     assert_eq!(&buf[..], b"keep");
 }
+
+#[test]
+fn command_complete_and_empty_replies() {
+    let mut buf = BytesMut::new();
+    encode_command_complete("ROLLBACK", &mut buf).unwrap();
+    assert_eq!(&buf[..], b"C\0\0\0\x0dROLLBACK\0");
+    buf.clear();
+    for tag in [b'1', b'2', b'3', b'n'] {
+        encode_empty_reply(tag, &mut buf).unwrap();
+    }
+    assert_eq!(&buf[..], b"1\0\0\0\x042\0\0\0\x043\0\0\0\x04n\0\0\0\x04");
+    assert!(encode_empty_reply(b'Z', &mut buf).is_err());
+    buf.clear();
+    encode_no_parameters(&mut buf);
+    assert_eq!(&buf[..], b"t\0\0\0\x06\0\0");
+}

@@ -25,9 +25,10 @@ pub use backend::{
 pub use encode::{
     encode_auth_cleartext, encode_auth_md5, encode_auth_ok, encode_auth_sasl,
     encode_auth_sasl_continue, encode_auth_sasl_final, encode_backend_key_data,
-    encode_cancel_request, encode_error_response, encode_notice_response, encode_parameter_status,
-    encode_password, encode_query, encode_ready_for_query, encode_sasl_initial_response,
-    encode_sasl_response, encode_ssl_request, encode_startup, encode_terminate,
+    encode_cancel_request, encode_command_complete, encode_empty_reply, encode_error_response,
+    encode_no_parameters, encode_notice_response, encode_parameter_status, encode_password,
+    encode_query, encode_ready_for_query, encode_sasl_initial_response, encode_sasl_response,
+    encode_ssl_request, encode_startup, encode_terminate,
 };
 pub use frame::{parse_header, split_message, FrameHeader, Message, HEADER_LEN};
 pub use frontend::{

@@ -1,0 +1,358 @@
+//! The command phase of one session: relay until the client leaves; when the backend is lost,
+//! act on the healing decision (DESIGN §3, §4): swap in a new backend and restore the session,
+//! replay a request that provably never ran, show an aborted transaction, or tell the client the
+//! truth and close. Finally release the backend.
+
+use bytes::BytesMut;
+use suture_protocol::pg::TxStatus;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::heal::{self, Decision, LossFacts, RefusalReason};
+use crate::pool::Checkout;
+use crate::postgres::aborted::{self, AbortedEnd};
+use crate::postgres::backend::BackendConn;
+use crate::postgres::cancel::{CancelHandle, CancelTarget};
+use crate::postgres::client_login::ClientLogin;
+use crate::postgres::context::{PgManager, PgService};
+use crate::postgres::errors::{ClientError, ClientNotice};
+use crate::postgres::relay::{self, BackendSide, ClientBoundary, RelayEnd, RelayLimits};
+use crate::postgres::restore;
+use crate::postgres::session::{apply_settings, release, send_notice};
+use crate::postgres::tracker::Shared;
+
+/// One session's command phase.
+struct CommandPhase<'a> {
+    svc: &'a PgService,
+    login: &'a ClientLogin,
+    cancel: &'a CancelHandle,
+    client_read: OwnedReadHalf,
+    client_write: OwnedWriteHalf,
+    /// Client bytes not yet sent to a backend.
+    cbuf: BytesMut,
+    checkout: Checkout<PgManager>,
+    shared: Shared,
+    boundary: ClientBoundary,
+    limits: RelayLimits,
+    /// The process ID the client was told at login: its identity across heals.
+    client_process_id: i32,
+}
+
+/// What to do after handling a lost backend.
+enum Next {
+    /// Relay again, on the new backend.
+    Resume,
+    /// The session is over.
+    End,
+}
+
+/// Runs the command phase, then releases the backend.
+pub(super) async fn run(
+    svc: &PgService,
+    stream: TcpStream,
+    cbuf: BytesMut,
+    mut checkout: Checkout<PgManager>,
+    login: &ClientLogin,
+    cancel: &CancelHandle,
+) {
+    let (client_read, client_write) = stream.into_split();
+    let client_process_id = checkout.conn().process_id;
+    let mut phase = CommandPhase {
+        svc,
+        login,
+        cancel,
+        client_read,
+        client_write,
+        cbuf,
+        checkout,
+        shared: Shared::default(),
+        boundary: ClientBoundary::default(),
+        limits: RelayLimits {
+            max_message_size: svc.config.limits.max_message_size,
+            client_write: svc.config.timeouts.client_write,
+            backend_write: svc.config.timeouts.backend_write,
+        },
+        client_process_id,
+    };
+    loop {
+        let end = phase.relay().await;
+        let next = match end {
+            RelayEnd::ClientTerminated => {
+                tracing::debug!("client terminated the session");
+                Next::End
+            }
+            RelayEnd::ClientGone(err) => {
+                tracing::debug!(error = %err, "client left");
+                Next::End
+            }
+            RelayEnd::ClientProtocol(err) => {
+                phase.client_protocol_error(ClientError::from(err)).await;
+                return;
+            }
+            RelayEnd::BackendGone(err) => {
+                phase.checkout.conn().broken = true;
+                phase.backend_lost(&err).await
+            }
+        };
+        if let Next::End = next {
+            break;
+        }
+    }
+    let tracker = std::mem::take(&mut *phase.shared.lock());
+    drop(phase.client_write);
+    release(svc, phase.checkout, &tracker).await;
+}
+
+impl CommandPhase<'_> {
+    fn pool(&self) -> &str {
+        &self.svc.config.name
+    }
+
+    /// Relays in both directions until one side ends.
+    async fn relay(&mut self) -> RelayEnd {
+        let BackendConn {
+            reader,
+            writer,
+            rbuf,
+            params,
+            process_id,
+            probe,
+            ..
+        } = self.checkout.conn();
+        let side = BackendSide {
+            client_process_id: self.client_process_id,
+            backend_process_id: *process_id,
+            params,
+            boundary: &self.boundary,
+        };
+        let up = relay::client_to_backend(
+            &mut self.client_read,
+            &mut self.cbuf,
+            writer,
+            probe,
+            &self.shared,
+            self.limits,
+        );
+        let down = relay::backend_to_client(
+            reader,
+            rbuf,
+            &mut self.client_write,
+            &self.shared,
+            side,
+            self.limits,
+        );
+        tokio::select! {
+            end = up => end,
+            end = down => end,
+        }
+    }
+
+    async fn client_protocol_error(&mut self, err: ClientError) {
+        tracing::info!(pool = %self.pool(), error = %err, "client protocol violation");
+        metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "protocol_error")
+            .increment(1);
+        if self.boundary.at_boundary() {
+            if let Some(notice) = err.notice() {
+                send_notice(&mut self.client_write, &notice, self.limits.client_write).await;
+            }
+        }
+    }
+
+    /// Acts on the §3 decision for a lost backend.
+    async fn backend_lost(&mut self, lost: &crate::postgres::wire::WireError) -> Next {
+        let facts = self.shared.lock().loss_facts();
+        let decision = heal::decide(facts);
+        tracing::warn!(pool = %self.pool(), error = %lost, ?decision, ?facts, "backend connection lost");
+        match decision {
+            Decision::Heal | Decision::Replay(_) => {
+                if !self.swap_backend().await {
+                    return Next::End;
+                }
+                let mut tracker = self.shared.lock();
+                if let Decision::Replay(reason) = decision {
+                    // What was written to the dead backend (refused unread, or harmless to run
+                    // twice) goes in front of what was never sent.
+                    if !tracker.sent.is_empty() {
+                        let mut again = std::mem::take(&mut tracker.sent);
+                        again.extend_from_slice(&self.cbuf);
+                        self.cbuf = again;
+                    }
+                    metrics::counter!("suture_replays_total", "pool" => self.pool().to_owned(), "reason" => reason.label())
+                        .increment(1);
+                    tracing::info!(pool = %self.pool(), reason = reason.label(), "request replayed on a new backend");
+                } else {
+                    metrics::counter!("suture_session_heals_total", "pool" => self.pool().to_owned()).increment(1);
+                    tracing::info!(pool = %self.pool(), "backend swapped under an idle session");
+                }
+                tracker.reset_requests();
+                Next::Resume
+            }
+            Decision::Refuse(RefusalReason::InTransaction) if self.can_show_aborted(facts) => {
+                self.count_refusal(RefusalReason::InTransaction);
+                self.show_aborted_transaction(facts).await
+            }
+            Decision::Refuse(reason) => {
+                self.count_refusal(reason);
+                self.refuse(reason, facts).await;
+                Next::End
+            }
+        }
+    }
+
+    fn count_refusal(&self, reason: RefusalReason) {
+        metrics::counter!("suture_replays_refused_total", "pool" => self.pool().to_owned(), "reason" => reason.label())
+            .increment(1);
+    }
+
+    /// A new backend with the client's settings and restorable state, the client's cancels
+    /// pointed at it. On failure the client has been told and the session must end.
+    async fn swap_backend(&mut self) -> bool {
+        let mut checkout = match self.svc.pool.checkout(&self.login.key()).await {
+            Ok(checkout) => checkout,
+            Err(err) => {
+                self.tell(ClientError::Pool(err).notice()).await;
+                return false;
+            }
+        };
+        if let Err(err) = apply_settings(self.svc, checkout.conn(), self.login).await {
+            self.tell(ClientError::Settings(err).notice()).await;
+            return false;
+        }
+        let state = std::mem::take(&mut self.shared.lock().state);
+        let (limit, max) = (
+            self.svc.config.timeouts.reset,
+            self.svc.config.limits.max_message_size,
+        );
+        let restored = restore::restore(checkout.conn(), &state, limit, max).await;
+        self.shared.lock().state = state;
+        if let Err(err) = restored {
+            tracing::warn!(pool = %self.pool(), error = %err, "session state could not be restored on the new backend");
+            self.count_refusal(RefusalReason::TaintedSession);
+            self.tell(Some(refusal_notice(RefusalReason::TaintedSession)))
+                .await;
+            return false;
+        }
+        let conn = checkout.conn();
+        self.cancel.retarget(CancelTarget {
+            addr: conn.addr,
+            process_id: conn.process_id,
+            secret_key: conn.secret_key,
+        });
+        self.checkout = checkout;
+        true
+    }
+
+    /// Sends `notice` if the client's stream is at a message boundary.
+    async fn tell(&mut self, notice: Option<ClientNotice>) {
+        if let (Some(notice), true) = (notice, self.boundary.at_boundary()) {
+            send_notice(&mut self.client_write, &notice, self.limits.client_write).await;
+        }
+    }
+
+    /// The aborted-transaction view needs the client at a message boundary, at most one request
+    /// in flight (answered here with the error) and no FATAL already forwarded.
+    fn can_show_aborted(&self, facts: LossFacts) -> bool {
+        let tracker = self.shared.lock();
+        self.boundary.at_boundary()
+            && tracker.pending <= 1
+            && tracker.fatal_code.is_none()
+            && !facts.may_commit
+    }
+
+    /// Shows the client its transaction as aborted until it ends it, then resumes on a new
+    /// backend outside a transaction.
+    async fn show_aborted_transaction(&mut self, facts: LossFacts) -> Next {
+        let announce = !facts.request_in_flight;
+        if !announce {
+            let mut out = BytesMut::new();
+            if aborted::lost_reply(&mut out).is_err()
+                || crate::postgres::wire::write_all(
+                    &mut self.client_write,
+                    &out,
+                    self.limits.client_write,
+                )
+                .await
+                .is_err()
+            {
+                return Next::End;
+            }
+        }
+        // Whatever was held for the dead backend belongs to the aborted transaction.
+        let (max, limit) = (self.limits.max_message_size, self.limits.client_write);
+        let end = aborted::serve(
+            &mut self.client_read,
+            &mut self.cbuf,
+            &mut self.client_write,
+            announce,
+            max,
+            limit,
+        )
+        .await;
+        match end {
+            AbortedEnd::TransactionEnded => {}
+            AbortedEnd::ClientGone(err) => {
+                tracing::debug!(error = %err, "client left during the aborted transaction");
+                return Next::End;
+            }
+            AbortedEnd::ClientProtocol(err) => {
+                self.client_protocol_error(ClientError::from(err)).await;
+                return Next::End;
+            }
+        }
+        if !self.swap_backend().await {
+            return Next::End;
+        }
+        let mut tracker = self.shared.lock();
+        tracker.reset_requests();
+        tracker.tx_status = TxStatus::Idle;
+        Next::Resume
+    }
+
+    /// Tells the client what it lost (DESIGN §3 table); the session then ends.
+    async fn refuse(&mut self, reason: RefusalReason, facts: LossFacts) {
+        if !self.boundary.at_boundary() || self.shared.lock().fatal_code.is_some() {
+            return;
+        }
+        // Lost while the client was idle: answer its next request with the error, so the
+        // driver reads it as that request's reply (an unsolicited error on an idle connection
+        // is dropped by drivers such as tokio-postgres).
+        if !facts.request_in_flight && self.cbuf.is_empty() {
+            let wait = self.client_read.read_buf(&mut self.cbuf);
+            if !matches!(wait.await, Ok(n) if n > 0) {
+                return;
+            }
+        }
+        let notice = refusal_notice(reason);
+        send_notice(&mut self.client_write, &notice, self.limits.client_write).await;
+    }
+}
+
+/// What the client is told when a lost backend cannot be hidden (DESIGN §3 table). The
+/// connection is closed after it.
+fn refusal_notice(reason: RefusalReason) -> ClientNotice {
+    let (code, message) = match reason {
+        RefusalReason::MaybeExecuted => (
+            "40003",
+            "connection to the database server was lost while the statement was running; it may or may not have been executed",
+        ),
+        RefusalReason::InTransaction => (
+            "08006",
+            "connection to the database server was lost inside a transaction; the transaction was rolled back",
+        ),
+        RefusalReason::CommitUnknown => (
+            "08007",
+            "connection to the database server was lost during COMMIT; the transaction outcome is unknown",
+        ),
+        RefusalReason::TaintedSession => (
+            "08006",
+            "connection to the database server was lost and the session state (temporary tables, locks, cursors, SQL-level prepared statements) could not be restored",
+        ),
+    };
+    ClientNotice {
+        severity: "FATAL",
+        code: code.to_owned(),
+        message: message.to_owned(),
+        detail: None,
+    }
+}
