@@ -205,13 +205,11 @@ async fn f1_pooled_idle_rst_is_not_handed_to_the_next_client() -> anyhow::Result
 /// F2: the server side closes (FIN) the backend of an idle session; the
 /// session's next query must run on a fresh backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "FIN from the relay under an idle session is not healed yet: under investigation (issue 4)"]
 async fn f2_idle_session_backend_fin_heals() -> anyhow::Result<()> {
     idle_session_heals_after(Fault::Fin).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: an RST under an idle session sometimes ends in a refusal instead of a heal; being fixed with issue 4"]
 async fn idle_session_backend_rst_heals() -> anyhow::Result<()> {
     idle_session_heals_after(Fault::Rst).await
 }
@@ -315,7 +313,6 @@ async fn idle_session_timeout_shorter_than_client_idle_heals() -> anyhow::Result
 /// DESIGN §4: the process ID a client got at login routes cancels to
 /// whichever backend serves it after a heal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "cancel after a FIN-triggered heal fails with the FIN heal (issue 4)"]
 async fn heal_keeps_client_visible_process_id_for_cancel() -> anyhow::Result<()> {
     let rig = Rig::start(1).await?;
     let result = async {
@@ -357,7 +354,6 @@ async fn heal_keeps_client_visible_process_id_for_cancel() -> anyhow::Result<()>
 /// DESIGN §4: SET values are session state Suture restores, so a session
 /// that only changed settings heals and keeps them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "restoring SET values across a heal is not built yet (issue 4, DESIGN §4)"]
 async fn set_session_parameter_survives_heal() -> anyhow::Result<()> {
     let rig = Rig::start(1).await?;
     let result = async {
@@ -434,7 +430,6 @@ async fn dirty_session_losing_backend_gets_08006_not_bare_eof() -> anyhow::Resul
 /// next statement gets a §3 SQLSTATE, the client can roll back and carry
 /// on, and the row inserted before the fault does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the aborted-transaction view (status E until ROLLBACK) after a loss inside a transaction is not built yet (issue 4)"]
 async fn transaction_in_progress_losing_backend_is_not_replayed() -> anyhow::Result<()> {
     let rig = Rig::start(1).await?;
     let result = async {

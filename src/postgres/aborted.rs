@@ -11,6 +11,7 @@ use suture_protocol::pg::{self, TxStatus};
 use suture_protocol::ProtocolError;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::postgres::tracker::Shared;
 use crate::postgres::wire::{self, WireError};
 
 /// SQLSTATE in_failed_sql_transaction.
@@ -43,6 +44,7 @@ pub(crate) async fn serve<R, W>(
     client: &mut R,
     cbuf: &mut BytesMut,
     writer: &mut W,
+    shared: &Shared,
     mut announce: bool,
     max_message_size: usize,
     write_limit: Duration,
@@ -61,17 +63,42 @@ where
         let mut out = BytesMut::new();
         let ended = match message.tag {
             b'Q' => {
-                let ends = pg::parse_query(&message.body).is_ok_and(ends_transaction);
+                let ends = pg::parse_query(&message.body)
+                    .ok()
+                    .and_then(transaction_end);
                 reply(&mut out, ends, &[], &mut announce)
             }
             b'P' => {
-                batch.ends |= pg::parse_parse_message(&message.body)
-                    .is_ok_and(|(_, sql)| ends_transaction(sql));
+                if let Ok((_, sql)) = pg::parse_parse_message(&message.body) {
+                    batch.ends = batch.ends.or(transaction_end(sql));
+                }
                 batch.push(&message);
                 Ok(false)
             }
-            b'B' | b'D' | b'E' | b'C' => {
+            b'C' => {
+                // Closing a statement works in an aborted transaction; the session state must
+                // forget it too.
+                if let [b'S', name @ .., 0] = &message.body[..] {
+                    if let Ok(name) = std::str::from_utf8(name) {
+                        shared.lock().state.forget_prepared(name);
+                    }
+                }
                 batch.push(&message);
+                Ok(false)
+            }
+            b'B' | b'D' | b'E' => {
+                batch.push(&message);
+                Ok(false)
+            }
+            b'S' if batch.only_closes() => {
+                // PostgreSQL answers Close even in an aborted transaction.
+                for _ in &batch.replies {
+                    if let Err(err) = pg::encode_empty_reply(b'3', &mut out) {
+                        return AbortedEnd::ClientProtocol(err);
+                    }
+                }
+                batch = Batch::default();
+                pg::encode_ready_for_query(TxStatus::Failed, &mut out);
                 Ok(false)
             }
             b'S' if batch.errored => {
@@ -85,11 +112,11 @@ where
             }
             // A Flush of a batch that does not end the transaction: PostgreSQL would already
             // have sent the error; send it now and only ReadyForQuery at the Sync.
-            b'H' if !batch.ends && !batch.replies.is_empty() && !batch.errored => {
+            b'H' if batch.ends.is_none() && !batch.replies.is_empty() && !batch.errored => {
                 batch.errored = true;
                 error_only(&mut out, &mut announce).map(|()| false)
             }
-            b'F' => reply(&mut out, false, &[], &mut announce),
+            b'F' => reply(&mut out, None, &[], &mut announce),
             b'X' => return AbortedEnd::ClientGone(WireError::Closed),
             // Flush, and COPY messages of a copy the backend never started: nothing to answer.
             _ => Ok(false),
@@ -113,7 +140,7 @@ where
 /// ends the transaction.
 #[derive(Default)]
 struct Batch {
-    ends: bool,
+    ends: Option<TxEnd>,
     /// The error for this batch was already sent (at a Flush).
     errored: bool,
     replies: Vec<Reply>,
@@ -130,6 +157,14 @@ enum Reply {
 }
 
 impl Batch {
+    fn only_closes(&self) -> bool {
+        !self.replies.is_empty()
+            && self
+                .replies
+                .iter()
+                .all(|r| matches!(r, Reply::CloseComplete))
+    }
+
     fn push(&mut self, message: &pg::Message) {
         let reply = match message.tag {
             b'P' => Reply::ParseComplete,
@@ -146,11 +181,18 @@ impl Batch {
 /// Answers one request; returns whether it ended the transaction.
 fn reply(
     out: &mut BytesMut,
-    ends: bool,
+    ends: Option<TxEnd>,
     replies: &[Reply],
     announce: &mut bool,
 ) -> Result<bool, ProtocolError> {
-    if ends {
+    if ends == Some(TxEnd::Commit) && *announce {
+        // The client asks to commit a transaction it has not yet heard is gone: that is the
+        // request that must fail, never one that looks like success.
+        error_only(out, announce)?;
+        pg::encode_ready_for_query(TxStatus::Idle, out);
+        return Ok(true);
+    }
+    if ends.is_some() {
         for reply in replies {
             match reply {
                 Reply::ParseComplete => pg::encode_empty_reply(b'1', out)?,
@@ -189,23 +231,29 @@ fn error_only(out: &mut BytesMut, announce: &mut bool) -> Result<(), ProtocolErr
     pg::encode_error_response("ERROR", code, message, None, out)
 }
 
+/// How a statement ends a transaction block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxEnd {
+    Rollback,
+    Commit,
+}
+
 /// Whether `sql` ends the transaction block: ROLLBACK, ABORT, COMMIT or END (with an optional
 /// WORK or TRANSACTION). Not ROLLBACK TO SAVEPOINT, not the two-phase forms, not AND CHAIN.
-fn ends_transaction(sql: &str) -> bool {
+fn transaction_end(sql: &str) -> Option<TxEnd> {
     let lower = sql
         .trim()
         .trim_end_matches(';')
         .trim_end()
         .to_ascii_lowercase();
     let words: Vec<&str> = lower.split_whitespace().collect();
-    matches!(
-        words.as_slice(),
-        ["rollback" | "abort" | "commit" | "end"]
-            | [
-                "rollback" | "abort" | "commit" | "end",
-                "work" | "transaction"
-            ]
-    )
+    match words.as_slice() {
+        ["rollback" | "abort"] | ["rollback" | "abort", "work" | "transaction"] => {
+            Some(TxEnd::Rollback)
+        }
+        ["commit" | "end"] | ["commit" | "end", "work" | "transaction"] => Some(TxEnd::Commit),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -221,7 +269,7 @@ mod tests {
             "COMMIT TRANSACTION",
             "end",
         ] {
-            assert!(ends_transaction(sql), "{sql}");
+            assert!(transaction_end(sql).is_some(), "{sql}");
         }
         for sql in [
             "ROLLBACK TO SAVEPOINT a",
@@ -230,18 +278,35 @@ mod tests {
             "SELECT 1",
             "",
         ] {
-            assert!(!ends_transaction(sql), "{sql}");
+            assert!(transaction_end(sql).is_none(), "{sql}");
         }
+    }
+
+    #[test]
+    fn commit_as_first_request_after_the_loss_fails_and_ends_the_transaction() {
+        let mut announce = true;
+        let mut out = BytesMut::new();
+        assert!(reply(&mut out, Some(TxEnd::Commit), &[], &mut announce).expect("encode"));
+        assert!(
+            out.windows(5).any(|w| w == b"08006"),
+            "COMMIT must not look successful"
+        );
+        assert!(!out.windows(8).any(|w| w == b"ROLLBACK"));
+        assert_eq!(out.last(), Some(&b'I'));
+        out.clear();
+        // Once told, a COMMIT ends the aborted transaction the way PostgreSQL does.
+        assert!(reply(&mut out, Some(TxEnd::Commit), &[], &mut announce).expect("encode"));
+        assert!(out.windows(8).any(|w| w == b"ROLLBACK"));
     }
 
     #[test]
     fn first_request_hears_of_the_loss_then_25p02_until_rollback() {
         let mut announce = true;
         let mut out = BytesMut::new();
-        assert!(!reply(&mut out, false, &[], &mut announce).expect("encode"));
+        assert!(!reply(&mut out, None, &[], &mut announce).expect("encode"));
         assert!(out.windows(5).any(|w| w == b"08006"));
         out.clear();
-        assert!(!reply(&mut out, false, &[], &mut announce).expect("encode"));
+        assert!(!reply(&mut out, None, &[], &mut announce).expect("encode"));
         assert!(out.windows(5).any(|w| w == b"25P02"));
         assert_eq!(out.last(), Some(&b'E'));
         out.clear();
@@ -251,7 +316,7 @@ mod tests {
             Reply::DescribePortal,
             Reply::Executed,
         ];
-        assert!(reply(&mut out, true, &replies, &mut announce).expect("encode"));
+        assert!(reply(&mut out, Some(TxEnd::Rollback), &replies, &mut announce).expect("encode"));
         assert_eq!(
             &out[..],
             b"1\0\0\0\x042\0\0\0\x04n\0\0\0\x04C\0\0\0\x0dROLLBACK\0Z\0\0\0\x05I".as_slice()

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::heal::{self, Decision, LossFacts, RefusalReason};
 use crate::pool::Checkout;
 use crate::postgres::aborted::{self, AbortedEnd};
-use crate::postgres::backend::BackendConn;
+use crate::postgres::backend::{BackendConn, RunError};
 use crate::postgres::cancel::{CancelHandle, CancelTarget};
 use crate::postgres::client_login::ClientLogin;
 use crate::postgres::context::{PgManager, PgService};
@@ -37,6 +37,19 @@ struct CommandPhase<'a> {
     limits: RelayLimits,
     /// The process ID the client was told at login: its identity across heals.
     client_process_id: i32,
+}
+
+/// How often a heal tries a fresh backend that dies while the session is restored on it.
+const SWAP_ATTEMPTS: u32 = 3;
+
+/// Why preparing a new backend for the session failed.
+enum Prepare {
+    /// The new backend's connection failed.
+    Lost(RunError),
+    /// The client's startup settings were refused.
+    Settings(RunError),
+    /// The session state could not be rebuilt.
+    Restore(RunError),
 }
 
 /// What to do after handling a lost backend.
@@ -192,6 +205,12 @@ impl CommandPhase<'_> {
                 self.count_refusal(RefusalReason::InTransaction);
                 self.show_aborted_transaction(facts).await
             }
+            Decision::Refuse(
+                reason @ (RefusalReason::MaybeExecuted | RefusalReason::CommitUnknown),
+            ) if self.can_continue_after_error() => {
+                self.count_refusal(reason);
+                self.error_then_continue(reason).await
+            }
             Decision::Refuse(reason) => {
                 self.count_refusal(reason);
                 self.refuse(reason, facts).await;
@@ -208,39 +227,66 @@ impl CommandPhase<'_> {
     /// A new backend with the client's settings and restorable state, the client's cancels
     /// pointed at it. On failure the client has been told and the session must end.
     async fn swap_backend(&mut self) -> bool {
-        let mut checkout = match self.svc.pool.checkout(&self.login.key()).await {
-            Ok(checkout) => checkout,
-            Err(err) => {
-                self.tell(ClientError::Pool(err).notice()).await;
-                return false;
+        for attempt in 1..=SWAP_ATTEMPTS {
+            let mut checkout = match self.svc.pool.checkout(&self.login.key()).await {
+                Ok(checkout) => checkout,
+                Err(err) => {
+                    self.tell(ClientError::Pool(err).notice()).await;
+                    return false;
+                }
+            };
+            let prepared = self.prepare(checkout.conn()).await;
+            match prepared {
+                Ok(()) => {
+                    let conn = checkout.conn();
+                    self.cancel.retarget(CancelTarget {
+                        addr: conn.addr,
+                        process_id: conn.process_id,
+                        secret_key: conn.secret_key,
+                    });
+                    self.checkout = checkout;
+                    return true;
+                }
+                // The new backend died too (the fault that took the old one may have taken
+                // it): try another.
+                Err(Prepare::Lost(err)) if attempt < SWAP_ATTEMPTS => {
+                    tracing::info!(pool = %self.pool(), error = %err, attempt, "new backend lost while restoring the session");
+                }
+                Err(Prepare::Lost(err)) | Err(Prepare::Restore(err)) => {
+                    tracing::warn!(pool = %self.pool(), error = %err, "session state could not be restored on the new backend");
+                    self.count_refusal(RefusalReason::TaintedSession);
+                    self.tell(Some(refusal_notice(RefusalReason::TaintedSession)))
+                        .await;
+                    return false;
+                }
+                Err(Prepare::Settings(err)) => {
+                    self.tell(ClientError::Settings(err).notice()).await;
+                    return false;
+                }
             }
+        }
+        false
+    }
+
+    /// Applies the client's startup settings and restores its session state on `conn`.
+    async fn prepare(&mut self, conn: &mut BackendConn) -> Result<(), Prepare> {
+        let lost = |err: RunError| match err {
+            RunError::Wire(_) => Prepare::Lost(err),
+            other => Prepare::Restore(other),
         };
-        if let Err(err) = apply_settings(self.svc, checkout.conn(), self.login).await {
-            self.tell(ClientError::Settings(err).notice()).await;
-            return false;
+        match apply_settings(self.svc, conn, self.login).await {
+            Ok(()) => {}
+            Err(err @ RunError::Wire(_)) => return Err(Prepare::Lost(err)),
+            Err(err) => return Err(Prepare::Settings(err)),
         }
         let state = std::mem::take(&mut self.shared.lock().state);
         let (limit, max) = (
             self.svc.config.timeouts.reset,
             self.svc.config.limits.max_message_size,
         );
-        let restored = restore::restore(checkout.conn(), &state, limit, max).await;
+        let restored = restore::restore(conn, &state, limit, max).await;
         self.shared.lock().state = state;
-        if let Err(err) = restored {
-            tracing::warn!(pool = %self.pool(), error = %err, "session state could not be restored on the new backend");
-            self.count_refusal(RefusalReason::TaintedSession);
-            self.tell(Some(refusal_notice(RefusalReason::TaintedSession)))
-                .await;
-            return false;
-        }
-        let conn = checkout.conn();
-        self.cancel.retarget(CancelTarget {
-            addr: conn.addr,
-            process_id: conn.process_id,
-            secret_key: conn.secret_key,
-        });
-        self.checkout = checkout;
-        true
+        restored.map_err(lost)
     }
 
     /// Sends `notice` if the client's stream is at a message boundary.
@@ -284,6 +330,7 @@ impl CommandPhase<'_> {
             &mut self.client_read,
             &mut self.cbuf,
             &mut self.client_write,
+            &self.shared,
             announce,
             max,
             limit,
@@ -299,6 +346,44 @@ impl CommandPhase<'_> {
                 self.client_protocol_error(ClientError::from(err)).await;
                 return Next::End;
             }
+        }
+        if !self.swap_backend().await {
+            return Next::End;
+        }
+        let mut tracker = self.shared.lock();
+        tracker.reset_requests();
+        tracker.tx_status = TxStatus::Idle;
+        Next::Resume
+    }
+
+    /// A lost request can be answered with an error and the session continue when it was the
+    /// only one in flight, the client is at a message boundary and no FATAL reached it.
+    fn can_continue_after_error(&self) -> bool {
+        let tracker = self.shared.lock();
+        self.boundary.at_boundary() && tracker.pending == 1 && tracker.fatal_code.is_none()
+    }
+
+    /// Answers the lost request with the §3 error and ReadyForQuery (idle: the transaction,
+    /// if any, is over either way), then carries on on a new backend.
+    async fn error_then_continue(&mut self, reason: RefusalReason) -> Next {
+        let mut notice = refusal_notice(reason);
+        notice.severity = "ERROR";
+        let mut out = BytesMut::new();
+        let encoded = suture_protocol::pg::encode_error_response(
+            notice.severity,
+            &notice.code,
+            &notice.message,
+            None,
+            &mut out,
+        );
+        suture_protocol::pg::encode_ready_for_query(TxStatus::Idle, &mut out);
+        let limit = self.limits.client_write;
+        if encoded.is_err()
+            || crate::postgres::wire::write_all(&mut self.client_write, &out, limit)
+                .await
+                .is_err()
+        {
+            return Next::End;
         }
         if !self.swap_backend().await {
             return Next::End;

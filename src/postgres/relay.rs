@@ -18,11 +18,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::liveness::{Liveness, Probe};
 use crate::postgres::session_state::classify;
-use crate::postgres::tracker::{may_change_session, may_commit, may_taint_session, Shared};
+use crate::postgres::tracker::{
+    executes_nothing, may_change_session, may_commit, may_taint_session, Shared,
+};
 use crate::postgres::wire::WireError;
 
 /// Held (unsent) extended-protocol bytes above this are sent without waiting for Sync.
 const MAX_HELD_BATCH: usize = 1024 * 1024;
+/// How often the pre-write check lets the backend direction read what is waiting.
+const PRE_WRITE_YIELDS: usize = 4;
 /// Reads ask for at least this much room in the client buffer.
 const CLIENT_READ_CHUNK: usize = 8 * 1024;
 /// Reads ask for at least this much room in the backend buffer (results are larger).
@@ -194,7 +198,7 @@ fn note_client_message(tag: u8, message: &[u8], shared: &Shared) -> bool {
             if op.is_none() {
                 tracker.tainted |= sql.is_none_or(may_taint_session);
             }
-            tracker.side_effect_free = false;
+            tracker.side_effect_free &= sql.is_some_and(executes_nothing);
             tracker.request_sent(op);
             true
         }
@@ -223,6 +227,15 @@ async fn send_requests<B: AsyncWrite + Unpin>(
     limit: Duration,
 ) -> Result<(), WireError> {
     if shared.lock().bytes_to_backend == 0 {
+        // Bytes waiting on an idle backend are read by the other direction first: an
+        // unsolicited FATAL (57P01, 57P05) then ends the relay before this request is written,
+        // so it can go to a new backend. Both directions run in one task, so yielding lets it.
+        for _ in 0..PRE_WRITE_YIELDS {
+            if probe.check() != Liveness::DataWaiting {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         match probe.check() {
             Liveness::Fin => return Err(WireError::Closed),
             Liveness::Rst => return Err(WireError::Io(std::io::ErrorKind::ConnectionReset.into())),

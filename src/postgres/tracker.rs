@@ -132,7 +132,15 @@ impl Tracker {
     /// Whether a FATAL error with `code` proves the request was not run (or nothing was in
     /// flight), so it must be kept from the client and the session healed.
     pub(crate) fn fatal_is_unsolicited(&self, code: &str) -> bool {
-        let idle = self.pending == 0 && self.tx_status == TxStatus::Idle;
+        // Nothing of a request has reached the backend (it was waiting for one), or what reached
+        // it executes nothing.
+        let unsent = self.pending == 0 || self.bytes_to_backend == 0;
+        // (Inside a transaction block the heal policy then shows the client an aborted
+        // transaction, which is the truth.)
+        let idle = unsent
+            || self.side_effect_free
+                && self.bytes_to_client == 0
+                && self.tx_status == TxStatus::Idle;
         code == IDLE_SESSION_TIMEOUT && self.bytes_to_client == 0
             || idle && TERMINATED.contains(&code)
     }
@@ -213,6 +221,21 @@ impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Whether running `sql` twice is the same as running it once, as far as anyone can tell:
+/// opening a transaction block or showing a setting.
+pub(crate) fn executes_nothing(sql: &str) -> bool {
+    let lower = sql
+        .trim()
+        .trim_end_matches(';')
+        .trim_end()
+        .to_ascii_lowercase();
+    let words: Vec<&str> = lower.split_whitespace().collect();
+    matches!(
+        words.as_slice(),
+        ["begin"] | ["begin", "work" | "transaction"] | ["start", "transaction"] | ["show", _]
+    )
 }
 
 /// Whether `sql` may commit a transaction (so a lost reply means "outcome unknown").
@@ -359,6 +382,21 @@ mod tests {
             "select 1; set x = 1",
         ] {
             assert!(may_taint_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn only_begin_and_show_execute_nothing() {
+        for sql in ["BEGIN", "begin;", "START TRANSACTION", "show search_path"] {
+            assert!(executes_nothing(sql), "{sql}");
+        }
+        for sql in [
+            "BEGIN; INSERT INTO t VALUES (1)",
+            "SELECT 1",
+            "START TRANSACTION READ ONLY; DELETE FROM t",
+            "COMMIT",
+        ] {
+            assert!(!executes_nothing(sql), "{sql}");
         }
     }
 
