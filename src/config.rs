@@ -77,6 +77,10 @@ pub mod defaults {
     pub const HEALTH_CHECK_AFTER: Duration = Duration::from_secs(30);
     /// `pools.*.health_check_timeout`.
     pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+    /// `pools.*.tcp_user_timeout`.
+    pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `pools.*.keepalive_idle`.
+    pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 }
 
 /// The whole validated configuration. Passed by value; there is no global.
@@ -311,6 +315,11 @@ pub struct Timeouts {
     pub health_check_after: Duration,
     /// Deadline of that empty query.
     pub health_check_timeout: Duration,
+    /// `TCP_USER_TIMEOUT` on backend sockets: unacknowledged data older than this drops the
+    /// connection; zero leaves the kernel default.
+    pub tcp_user_timeout: Duration,
+    /// Idle time of a backend socket before the first TCP keepalive probe.
+    pub keepalive_idle: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

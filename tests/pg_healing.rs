@@ -481,3 +481,35 @@ async fn transaction_in_progress_losing_backend_is_not_replayed() -> anyhow::Res
     .await;
     rig.finish(result)
 }
+
+/// F3: connections are rotated before a maximum age, under a session that
+/// never notices: same settings, no error, a different backend afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_lifetime_rotation_under_an_idle_session() -> anyhow::Result<()> {
+    let pg = PgServer::start().await?;
+    let cfg = suture_config_with(&pg, free_port(), "")
+        .replace("max_lifetime = \"30m\"", "max_lifetime = \"2s\"");
+    ensure!(
+        cfg.contains("max_lifetime = \"2s\""),
+        "config template changed"
+    );
+    let suture = SutureProc::start(&cfg).await?;
+    let c = connect_watched(&dsn_for(suture.port(), "app", "app-secret", "app")).await?;
+    within(c.client.batch_execute("SET application_name = 'rotated'")).await??;
+    let before = select_int(&c.client, "SELECT pg_backend_pid()").await?;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let after = select_int(&c.client, "SELECT pg_backend_pid()")
+        .await
+        .with_context(|| format!("after the lifetime; connection {}", c.connection_end()))?;
+    ensure!(
+        before != after,
+        "backend {before} was not rotated after its 2 s lifetime"
+    );
+    let row = within(c.client.query_one("SHOW application_name", &[])).await??;
+    let name: String = row.get(0);
+    ensure!(
+        name == "rotated",
+        "application_name after rotation is {name:?}"
+    );
+    Ok(())
+}

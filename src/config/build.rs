@@ -352,7 +352,8 @@ fn build_pool(
     }
 }
 
-/// Every `*_timeout` key, `max_lifetime`, `failover_hold` and `health_check_after`: defaults and "greater than zero".
+/// Every `*_timeout` key, `max_lifetime`, `failover_hold`, `health_check_after` and `keepalive_idle`:
+/// defaults and "greater than zero".
 fn build_timeouts(c: &mut Checker, name: &str, raw: &RawPool) -> Timeouts {
     let key = |field: &str| format!("pools.{name}.{field}");
     let mut timeout = |field: &str, value: Option<Duration>, default: Duration, zero_ok: bool| {
@@ -435,6 +436,18 @@ fn build_timeouts(c: &mut Checker, name: &str, raw: &RawPool) -> Timeouts {
             "health_check_timeout",
             raw.health_check_timeout,
             defaults::HEALTH_CHECK_TIMEOUT,
+            false,
+        ),
+        tcp_user_timeout: timeout(
+            "tcp_user_timeout",
+            raw.tcp_user_timeout,
+            defaults::TCP_USER_TIMEOUT,
+            true,
+        ),
+        keepalive_idle: timeout(
+            "keepalive_idle",
+            raw.keepalive_idle,
+            defaults::KEEPALIVE_IDLE,
             false,
         ),
     }

@@ -121,6 +121,10 @@ pub(super) struct RawPool {
     pub(super) health_check_after: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(super) health_check_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) tcp_user_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) keepalive_idle: Option<Duration>,
 }
 
 /// `[pools.NAME.users.USER]`: exactly one of the three must be set.

@@ -139,6 +139,8 @@ fn defaults_apply() -> Result<(), ConfigError> {
             failover_hold: s(30),
             health_check_after: s(30),
             health_check_timeout: s(2),
+            tcp_user_timeout: s(30),
+            keepalive_idle: s(30),
         }
     );
     Ok(())
@@ -179,6 +181,8 @@ failover_hold = "0s"
 max_held = 5
 health_check_after = "0s"
 health_check_timeout = "750ms"
+tcp_user_timeout = "0s"
+keepalive_idle = "45s"
 role = "any"
 [pools.app.users.app]
 password = "x"
@@ -208,6 +212,8 @@ password = "x"
         app.timeouts.health_check_timeout,
         Duration::from_millis(750)
     );
+    assert_eq!(app.timeouts.tcp_user_timeout, Duration::ZERO);
+    assert_eq!(app.timeouts.keepalive_idle, Duration::from_secs(45));
     assert_eq!(app.role, ServerRole::Any);
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::dns::{DnsError, Resolver};
-use super::socket::configure_backend_socket;
+use super::socket::{configure_backend_socket, SocketOptions};
 use crate::config::ServerAddr;
 
 /// Why no backend connection could be made. Describes the last failure seen.
@@ -51,12 +51,13 @@ impl ConnectError {
 /// Connects to the first server that accepts, in configuration order, trying every address each
 /// name resolves to. Names are resolved on every call (the resolver caches within the record's
 /// TTL). Each lookup is bounded by `dns_timeout`, each connect attempt by `connect_timeout`.
-/// The socket is configured with [`configure_backend_socket`]. Cancel safe.
+/// The socket is configured with [`configure_backend_socket`] and `socket`. Cancel safe.
 pub async fn connect_tcp(
     resolver: &Resolver,
     servers: &[ServerAddr],
     dns_timeout: Duration,
     connect_timeout: Duration,
+    socket: &SocketOptions,
 ) -> Result<(TcpStream, ServerAddr, SocketAddr), ConnectError> {
     let mut last_error = ConnectError::NoServers;
     for server in servers {
@@ -75,7 +76,7 @@ pub async fn connect_tcp(
             }
         };
         for addr in addrs {
-            match connect_one(server, addr, connect_timeout).await {
+            match connect_one(server, addr, connect_timeout, socket).await {
                 Ok(stream) => return Ok((stream, server.clone(), addr)),
                 Err(err) => {
                     tracing::debug!(%server, %addr, error = %err, "backend connect failed");
@@ -91,6 +92,7 @@ async fn connect_one(
     server: &ServerAddr,
     addr: SocketAddr,
     timeout: Duration,
+    socket: &SocketOptions,
 ) -> Result<TcpStream, ConnectError> {
     let io_error = |source| ConnectError::Io {
         server: server.clone(),
@@ -107,7 +109,7 @@ async fn connect_one(
         }
         Ok(result) => result.map_err(io_error)?,
     };
-    configure_backend_socket(&stream).map_err(io_error)?;
+    configure_backend_socket(&stream, socket).map_err(io_error)?;
     Ok(stream)
 }
 
@@ -140,7 +142,8 @@ mod tests {
             addr("localhost", port),
         ];
         let resolver = Resolver::new(T);
-        let (_stream, server, peer) = connect_tcp(&resolver, &servers, T, T).await?;
+        let (_stream, server, peer) =
+            connect_tcp(&resolver, &servers, T, T, &SocketOptions::default()).await?;
         assert_eq!(server, servers[1]);
         assert_eq!(peer.port(), port);
         Ok(())
@@ -149,7 +152,7 @@ mod tests {
     #[tokio::test]
     async fn refused_is_labelled() -> std::io::Result<()> {
         let servers = [addr("127.0.0.1", closed_port().await?)];
-        let err = connect_tcp(&Resolver::new(T), &servers, T, T)
+        let err = connect_tcp(&Resolver::new(T), &servers, T, T, &SocketOptions::default())
             .await
             .expect_err("nothing listens");
         assert_eq!(err.metrics_label(), "refused");
@@ -159,7 +162,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_servers_is_an_error() {
-        let err = connect_tcp(&Resolver::new(T), &[], T, T)
+        let err = connect_tcp(&Resolver::new(T), &[], T, T, &SocketOptions::default())
             .await
             .expect_err("no servers");
         assert!(matches!(err, ConnectError::NoServers));
@@ -170,9 +173,15 @@ mod tests {
         // 192.0.2.1 (TEST-NET-1) drops SYNs, or the network is unreachable: either way, quickly.
         let servers = [addr("192.0.2.1", 5432)];
         let start = std::time::Instant::now();
-        let err = connect_tcp(&Resolver::new(T), &servers, T, Duration::from_millis(200))
-            .await
-            .expect_err("unreachable");
+        let err = connect_tcp(
+            &Resolver::new(T),
+            &servers,
+            T,
+            Duration::from_millis(200),
+            &SocketOptions::default(),
+        )
+        .await
+        .expect_err("unreachable");
         assert!(
             start.elapsed() < Duration::from_secs(1),
             "took {:?}",

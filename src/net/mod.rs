@@ -9,5 +9,5 @@ pub mod tls;
 
 pub use connect::{connect_tcp, ConnectError};
 pub use dns::{DnsError, Resolver};
-pub use socket::{configure_backend_socket, configure_client_socket};
+pub use socket::{configure_backend_socket, configure_client_socket, SocketOptions};
 pub use tls::{BackendTls, TlsError};

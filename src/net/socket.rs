@@ -9,28 +9,58 @@ use std::time::Duration;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
-/// Idle time before the first keepalive probe.
+/// Default idle time before the first keepalive probe (`keepalive_idle`).
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// Time between keepalive probes.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Unanswered probes before the kernel drops the connection.
 pub const KEEPALIVE_RETRIES: u32 = 3;
-/// How long sent data may stay unacknowledged before the kernel drops the connection.
+/// Default for how long sent data may stay unacknowledged before the kernel drops the
+/// connection (`tcp_user_timeout`).
 pub const USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `TCP_NODELAY`, keepalive (30 s idle, 10 s interval, 3 probes) and, on Linux,
-/// `TCP_USER_TIMEOUT` of 30 s.
-pub fn configure_backend_socket(stream: &TcpStream) -> std::io::Result<()> {
+/// The configurable backend socket options (`keepalive_idle`, `tcp_user_timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// Idle time before the first keepalive probe.
+    pub keepalive_idle: Duration,
+    /// `TCP_USER_TIMEOUT` (Linux); zero leaves the kernel default.
+    pub user_timeout: Duration,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        SocketOptions {
+            keepalive_idle: KEEPALIVE_IDLE,
+            user_timeout: USER_TIMEOUT,
+        }
+    }
+}
+
+impl From<&crate::config::Timeouts> for SocketOptions {
+    fn from(t: &crate::config::Timeouts) -> Self {
+        SocketOptions {
+            keepalive_idle: t.keepalive_idle,
+            user_timeout: t.tcp_user_timeout,
+        }
+    }
+}
+
+/// `TCP_NODELAY`, keepalive (`keepalive_idle`, then 10 s interval, 3 probes) and, on Linux,
+/// `TCP_USER_TIMEOUT` (unless zero).
+pub fn configure_backend_socket(stream: &TcpStream, opts: &SocketOptions) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let sock = SockRef::from(stream);
     let keepalive = TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
+        .with_time(opts.keepalive_idle)
         .with_interval(KEEPALIVE_INTERVAL);
     #[cfg(not(any(target_os = "openbsd", target_os = "windows")))]
     let keepalive = keepalive.with_retries(KEEPALIVE_RETRIES);
     sock.set_tcp_keepalive(&keepalive)?;
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
-    sock.set_tcp_user_timeout(Some(USER_TIMEOUT))?;
+    if !opts.user_timeout.is_zero() {
+        sock.set_tcp_user_timeout(Some(opts.user_timeout))?;
+    }
     Ok(())
 }
 
@@ -48,7 +78,7 @@ mod tests {
     async fn backend_options_are_set() -> std::io::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let stream = TcpStream::connect(listener.local_addr()?).await?;
-        configure_backend_socket(&stream)?;
+        configure_backend_socket(&stream, &SocketOptions::default())?;
         let sock = SockRef::from(&stream);
         assert!(sock.tcp_nodelay()?);
         assert!(sock.keepalive()?);
@@ -58,6 +88,24 @@ mod tests {
             assert_eq!(sock.tcp_keepalive_interval()?, KEEPALIVE_INTERVAL);
             assert_eq!(sock.tcp_keepalive_retries()?, KEEPALIVE_RETRIES);
             assert_eq!(sock.tcp_user_timeout()?, Some(USER_TIMEOUT));
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn backend_options_follow_the_config() -> std::io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let stream = TcpStream::connect(listener.local_addr()?).await?;
+        let opts = SocketOptions {
+            keepalive_idle: Duration::from_secs(7),
+            user_timeout: Duration::from_secs(2),
+        };
+        configure_backend_socket(&stream, &opts)?;
+        #[cfg(target_os = "linux")]
+        {
+            let sock = SockRef::from(&stream);
+            assert_eq!(sock.tcp_keepalive_time()?, Duration::from_secs(7));
+            assert_eq!(sock.tcp_user_timeout()?, Some(Duration::from_secs(2)));
         }
         Ok(())
     }

@@ -562,6 +562,17 @@ impl<M: Manager> Checkout<M> {
         }
     }
 
+    /// When the connection reaches its (jittered) maximum lifetime: a session holding it should
+    /// swap it for a fresh one at its next quiet moment.
+    pub(crate) fn retire_at(&self) -> Option<Instant> {
+        self.conn.as_ref().map(|pooled| pooled.retire_at)
+    }
+
+    /// Counts a close the holder makes for `reason` (the connection itself closes on drop).
+    pub(crate) fn count_close(&self, reason: &'static str) {
+        self.pool.count_close(reason);
+    }
+
     /// Returns a connection whose session state the caller has already reset.
     pub(crate) fn checkin(mut self) {
         let Some(mut pooled) = self.conn.take() else {

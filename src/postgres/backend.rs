@@ -204,7 +204,8 @@ async fn connect_one(
         .get(&key.user)
         .ok_or_else(|| BackendError::UnknownUser(key.user.clone()))?;
     let t = &ctx.timeouts;
-    let (tcp, server, addr) = connect_tcp(&ctx.resolver, servers, t.dns, t.connect).await?;
+    let (tcp, server, addr) =
+        connect_tcp(&ctx.resolver, servers, t.dns, t.connect, &t.into()).await?;
     let probe = Probe::of(&tcp).map_err(WireError::Io)?;
     let (mut reader, mut writer) = match ctx.tls.mode() {
         TlsMode::Disable => stream::split_plain(tcp),

@@ -3,6 +3,8 @@
 //! replay a request that provably never ran, show an aborted transaction, or tell the client the
 //! truth and close. Finally release the backend.
 
+use std::time::{Duration, Instant};
+
 use bytes::BytesMut;
 use suture_protocol::pg::TxStatus;
 use tokio::io::AsyncReadExt;
@@ -17,7 +19,9 @@ use crate::postgres::cancel::{CancelHandle, CancelTarget};
 use crate::postgres::client_login::ClientLogin;
 use crate::postgres::context::{PgManager, PgService};
 use crate::postgres::errors::{ClientError, ClientNotice};
-use crate::postgres::relay::{self, BackendSide, ClientBoundary, RelayEnd, RelayLimits};
+use crate::postgres::relay::{
+    self, BackendSide, BackendWatch, ClientBoundary, RelayEnd, RelayLimits,
+};
 use crate::postgres::restore;
 use crate::postgres::session::{apply_settings, release, send_notice};
 use crate::postgres::tracker::Shared;
@@ -37,7 +41,12 @@ struct CommandPhase<'a> {
     limits: RelayLimits,
     /// The process ID the client was told at login: its identity across heals.
     client_process_id: i32,
+    /// When the current backend is to be rotated out.
+    next_rotation: Option<Instant>,
 }
+
+/// How long a backend past its lifetime keeps serving when no fresh one could be had.
+const ROTATION_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 /// How often a heal tries a fresh backend that dies while the session is restored on it.
 const SWAP_ATTEMPTS: u32 = 3;
@@ -87,7 +96,9 @@ pub(super) async fn run(
             backend_write: svc.config.timeouts.backend_write,
         },
         client_process_id,
+        next_rotation: None,
     };
+    phase.next_rotation = phase.checkout.retire_at();
     loop {
         let end = phase.relay().await;
         let next = match end {
@@ -103,6 +114,7 @@ pub(super) async fn run(
                 phase.client_protocol_error(ClientError::from(err)).await;
                 return;
             }
+            RelayEnd::Rotate => phase.rotate().await,
             RelayEnd::BackendGone(err) => {
                 phase.checkout.conn().broken = true;
                 phase.backend_lost(&err).await
@@ -122,8 +134,39 @@ impl CommandPhase<'_> {
         &self.svc.config.name
     }
 
+    /// Swaps a backend past its maximum lifetime for a fresh one while the client is at rest
+    /// (DESIGN §4: limits at the server or a proxy in between never reach the client). If no
+    /// fresh backend can be had, the old one keeps serving and rotation is tried again later.
+    async fn rotate(&mut self) -> Next {
+        let fresh = match self.svc.pool.checkout(&self.login.key()).await {
+            Ok(mut fresh) => match self.prepare(fresh.conn()).await {
+                Ok(()) => Some(fresh),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let Some(mut fresh) = fresh else {
+            tracing::info!(pool = %self.pool(), "no fresh backend for rotation; keeping the current one for now");
+            self.next_rotation = Some(Instant::now() + ROTATION_RETRY_AFTER_FAILURE);
+            return Next::Resume;
+        };
+        tracing::debug!(pool = %self.pool(), "rotated a backend past its maximum lifetime");
+        self.checkout.count_close("max_lifetime");
+        self.checkout.conn().broken = true;
+        let conn = fresh.conn();
+        self.cancel.retarget(CancelTarget {
+            addr: conn.addr,
+            process_id: conn.process_id,
+            secret_key: conn.secret_key,
+        });
+        self.next_rotation = fresh.retire_at();
+        self.checkout = fresh;
+        Next::Resume
+    }
+
     /// Relays in both directions until one side ends.
     async fn relay(&mut self) -> RelayEnd {
+        let retire_at = self.next_rotation;
         let BackendConn {
             reader,
             writer,
@@ -139,11 +182,16 @@ impl CommandPhase<'_> {
             params,
             boundary: &self.boundary,
         };
+        let watch = BackendWatch {
+            probe,
+            retire_at,
+            boundary: &self.boundary,
+        };
         let up = relay::client_to_backend(
             &mut self.client_read,
             &mut self.cbuf,
             writer,
-            probe,
+            watch,
             &self.shared,
             self.limits,
         );
@@ -244,6 +292,7 @@ impl CommandPhase<'_> {
                         process_id: conn.process_id,
                         secret_key: conn.secret_key,
                     });
+                    self.next_rotation = checkout.retire_at();
                     self.checkout = checkout;
                     return true;
                 }

@@ -9,7 +9,7 @@
 //! buffers live outside them, so dropping one mid-read loses nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use suture_protocol::pg::{self, Scanner, Step, TxStatus, HEADER_LEN};
@@ -51,7 +51,22 @@ pub(crate) enum RelayEnd {
     ClientProtocol(ProtocolError),
     /// The backend closed, failed or stopped reading.
     BackendGone(WireError),
+    /// The backend reached its maximum lifetime and the session is at rest: swap it.
+    Rotate,
 }
+
+/// What the client→backend direction watches about its backend besides the bytes.
+pub(crate) struct BackendWatch<'a> {
+    /// Peeks at the backend socket before the first write after idle.
+    pub(crate) probe: &'a Probe,
+    /// When the backend should be rotated out at the next quiet moment.
+    pub(crate) retire_at: Option<Instant>,
+    /// Whether the client's stream is between messages (rotation must not cut a message).
+    pub(crate) boundary: &'a ClientBoundary,
+}
+
+/// How long to wait before looking again when a rotation is due but the session is busy.
+const ROTATION_RETRY: Duration = Duration::from_millis(500);
 
 /// Whether the client's byte stream is at a message boundary, so Suture may still write an
 /// ErrorResponse of its own into it.
@@ -72,7 +87,7 @@ pub(crate) async fn client_to_backend<C, B>(
     client: &mut C,
     cbuf: &mut BytesMut,
     backend: &mut B,
-    probe: &Probe,
+    watch: BackendWatch<'_>,
     shared: &Shared,
     limits: RelayLimits,
 ) -> RelayEnd
@@ -80,6 +95,8 @@ where
     C: AsyncRead + Unpin,
     B: AsyncWrite + Unpin,
 {
+    let probe = watch.probe;
+    let mut retire_at = watch.retire_at;
     let mut scanner = Scanner::for_client(limits.max_message_size);
     // cbuf[..scanned] has been walked; cbuf[..flush_to] may be sent.
     let mut scanned = 0;
@@ -133,7 +150,22 @@ where
             scanned -= flush_to;
         }
         cbuf.reserve(CLIENT_READ_CHUNK);
-        match client.read_buf(cbuf).await {
+        let read = match retire_at {
+            // Reading is the one point where nothing of ours is half done: read_buf is
+            // cancel-safe and nothing is held for the backend.
+            Some(at) if scanned == 0 => tokio::select! {
+                read = client.read_buf(cbuf) => read,
+                () = tokio::time::sleep_until(at.into()) => {
+                    if cbuf.is_empty() && watch.boundary.at_boundary() && shared.lock().at_rest() {
+                        return RelayEnd::Rotate;
+                    }
+                    retire_at = Some(Instant::now() + ROTATION_RETRY);
+                    continue;
+                }
+            },
+            _ => client.read_buf(cbuf).await,
+        };
+        match read {
             Ok(0) => return RelayEnd::ClientGone(WireError::Closed),
             Ok(_) => {}
             Err(err) => return RelayEnd::ClientGone(WireError::Io(err)),

@@ -145,6 +145,15 @@ impl Tracker {
             || idle && TERMINATED.contains(&code)
     }
 
+    /// Between requests, outside a transaction, with nothing that a new backend would lack:
+    /// the backend can be swapped without the client noticing.
+    pub(crate) fn at_rest(&self) -> bool {
+        self.pending == 0
+            && self.tx_status == TxStatus::Idle
+            && !self.tainted
+            && self.fatal_code.is_none()
+    }
+
     /// What healing needs to know about a lost backend.
     pub(crate) fn loss_facts(&self) -> LossFacts {
         let in_flight = self.pending > 0;
