@@ -56,6 +56,9 @@ pub(crate) enum RefusalReason {
     CommitUnknown,
     /// The session had state that cannot be rebuilt.
     TaintedSession,
+    /// The request could have been replayed, but its replays or the pool's replay budget are
+    /// used up.
+    BudgetExhausted,
 }
 
 /// What to do about a lost backend.
@@ -89,6 +92,7 @@ impl RefusalReason {
             RefusalReason::InTransaction => "in_transaction",
             RefusalReason::CommitUnknown => "commit_unknown",
             RefusalReason::TaintedSession => "tainted_session",
+            RefusalReason::BudgetExhausted => "budget_exhausted",
         }
     }
 }

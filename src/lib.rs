@@ -5,5 +5,6 @@ mod liveness;
 pub mod net;
 mod pool;
 mod postgres;
+mod retry_budget;
 pub mod server;
 mod stream;

@@ -513,3 +513,51 @@ async fn max_lifetime_rotation_under_an_idle_session() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Named prepared statements and LISTEN channels are rebuilt on the new
+/// backend: the statement prepared before the heal executes after it, and a
+/// NOTIFY sent after the heal still reaches the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statement_and_listen_survive_heal() -> anyhow::Result<()> {
+    let rig = Rig::start(1).await?;
+    let result = async {
+        let (client, mut notes) = connect_with_notifications(rig.suture.port()).await?;
+        let statement = within(client.prepare("SELECT $1::int4 + 1")).await??;
+        within(client.batch_execute("LISTEN healed_channel")).await??;
+        rig.relay.rst_all().await?;
+        tokio::time::sleep(SETTLE).await;
+        let row = within(client.query_one(&statement, &[&41i32]))
+            .await?
+            .context("executing the statement prepared before the heal")?;
+        let answer: i32 = row.get(0);
+        ensure!(answer == 42, "prepared statement returned {answer}");
+        let su = rig.superuser().await?;
+        within(su.batch_execute("NOTIFY healed_channel, 'after'")).await??;
+        let payload = tokio::time::timeout(Duration::from_secs(5), notes.recv())
+            .await
+            .context("no notification after the heal")?
+            .context("notification channel closed")?;
+        ensure!(payload == "after", "payload {payload:?}");
+        Ok(())
+    }
+    .await;
+    rig.finish(result)
+}
+
+/// A client whose notifications are forwarded to a channel.
+async fn connect_with_notifications(
+    port: u16,
+) -> anyhow::Result<(Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
+    let (client, mut connection) =
+        tokio_postgres::connect(&dsn_for(port, "app", "app-secret", "app"), NoTls).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    Ok((client, rx))
+}

@@ -25,6 +25,7 @@ use crate::postgres::relay::{
 use crate::postgres::restore;
 use crate::postgres::session::{apply_settings, release, send_notice};
 use crate::postgres::tracker::Shared;
+use crate::retry_budget::{replay_backoff, MAX_REPLAYS_PER_REQUEST};
 
 /// One session's command phase.
 struct CommandPhase<'a> {
@@ -225,6 +226,7 @@ impl CommandPhase<'_> {
         let facts = self.shared.lock().loss_facts();
         let decision = heal::decide(facts);
         tracing::warn!(pool = %self.pool(), error = %lost, ?decision, ?facts, "backend connection lost");
+        let decision = self.within_budget(decision).await;
         match decision {
             Decision::Heal | Decision::Replay(_) => {
                 if !self.swap_backend().await {
@@ -254,7 +256,9 @@ impl CommandPhase<'_> {
                 self.show_aborted_transaction(facts).await
             }
             Decision::Refuse(
-                reason @ (RefusalReason::MaybeExecuted | RefusalReason::CommitUnknown),
+                reason @ (RefusalReason::MaybeExecuted
+                | RefusalReason::CommitUnknown
+                | RefusalReason::BudgetExhausted),
             ) if self.can_continue_after_error() => {
                 self.count_refusal(reason);
                 self.error_then_continue(reason).await
@@ -265,6 +269,25 @@ impl CommandPhase<'_> {
                 Next::End
             }
         }
+    }
+
+    /// A replay happens only while this request has replays left and the pool's budget has a
+    /// token; later attempts of one request wait a jittered backoff first.
+    async fn within_budget(&self, decision: Decision) -> Decision {
+        let Decision::Replay(_) = decision else {
+            return decision;
+        };
+        let attempt = {
+            let mut tracker = self.shared.lock();
+            tracker.replays += 1;
+            tracker.replays
+        };
+        if attempt > MAX_REPLAYS_PER_REQUEST || !self.svc.replay_budget.try_spend() {
+            tracing::warn!(pool = %self.pool(), attempt, "replay refused: budget exhausted");
+            return Decision::Refuse(RefusalReason::BudgetExhausted);
+        }
+        tokio::time::sleep(replay_backoff(attempt)).await;
+        decision
     }
 
     fn count_refusal(&self, reason: RefusalReason) {
@@ -402,6 +425,7 @@ impl CommandPhase<'_> {
         let mut tracker = self.shared.lock();
         tracker.reset_requests();
         tracker.tx_status = TxStatus::Idle;
+        tracker.replays = 0;
         Next::Resume
     }
 
@@ -440,6 +464,7 @@ impl CommandPhase<'_> {
         let mut tracker = self.shared.lock();
         tracker.reset_requests();
         tracker.tx_status = TxStatus::Idle;
+        tracker.replays = 0;
         Next::Resume
     }
 
@@ -477,6 +502,10 @@ fn refusal_notice(reason: RefusalReason) -> ClientNotice {
         RefusalReason::CommitUnknown => (
             "08007",
             "connection to the database server was lost during COMMIT; the transaction outcome is unknown",
+        ),
+        RefusalReason::BudgetExhausted => (
+            "08006",
+            "connection to the database server was lost; the statement was not executed and was not retried because the replay budget is used up",
         ),
         RefusalReason::TaintedSession => (
             "08006",

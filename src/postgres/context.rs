@@ -14,6 +14,7 @@ use crate::pool::{Manager, Pool, PoolSettings};
 use crate::postgres::backend::{self, BackendConn, BackendError};
 use crate::postgres::cancel::CancelRegistry;
 use crate::postgres::client_auth::UserSecrets;
+use crate::retry_budget::{RetryBudget, DEFAULT_BURST, DEFAULT_REFILL_PER_SECOND};
 
 /// Which sub-pool a backend connection belongs to: what PostgreSQL fixes at login and `SET`
 /// cannot change afterwards.
@@ -79,6 +80,8 @@ pub(crate) struct PgService {
     pub(crate) backend: Arc<BackendContext>,
     pub(crate) pool: Pool<PgManager>,
     pub(crate) cancels: Arc<CancelRegistry>,
+    /// Replays this pool may still make (DESIGN §3 global retry budget).
+    pub(crate) replay_budget: RetryBudget,
 }
 
 impl PgService {
@@ -132,6 +135,7 @@ impl PgService {
             backend,
             pool,
             cancels,
+            replay_budget: RetryBudget::new(DEFAULT_BURST, DEFAULT_REFILL_PER_SECOND),
         }))
     }
 

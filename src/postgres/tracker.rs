@@ -60,6 +60,8 @@ pub(crate) struct Tracker {
     pub(crate) sent_overflow: bool,
     /// A write to the backend was attempted since the last ReadyForQuery.
     pub(crate) write_attempted: bool,
+    /// Times the requests in flight were replayed already.
+    pub(crate) replays: u32,
     /// Nothing sent since the last ReadyForQuery executes anything (no Query, Execute,
     /// FunctionCall).
     pub(crate) side_effect_free: bool,
@@ -86,6 +88,7 @@ impl Default for Tracker {
             sent_overflow: false,
             write_attempted: false,
             side_effect_free: true,
+            replays: 0,
         }
     }
 }
@@ -204,6 +207,7 @@ impl Tracker {
         if self.pending == 0 {
             self.pending_parses.clear();
             self.clear_in_flight();
+            self.replays = 0;
         }
     }
 
