@@ -459,13 +459,16 @@ async fn f3_write_to_peer_that_stopped_reading_is_bounded() -> anyhow::Result<()
         rig.relay.resume_all().await?;
         let next = if code.as_deref() == Some("40003") {
             // §3: the session continues on a new backend.
-            let got = select_int(&c.client, "SELECT 1::int4")
-                .await
-                .with_context(|| format!("same client; connection {}", c.connection_end()))?;
-            ensure!(got == 1);
-            "same client ok"
+            match select_int(&c.client, "SELECT 1::int4").await {
+                Ok(1) => Ok("same client: SELECT 1 ok".to_string()),
+                Ok(other) => Err(anyhow::anyhow!("SELECT 1 returned {other}")),
+                Err(err) => Err(err.context(format!(
+                    "same client after 40003; connection {}",
+                    c.connection_end()
+                ))),
+            }
         } else {
-            "client closed"
+            Ok("client closed".to_string())
         };
         let fresh = rig.connect().await?;
         ensure!(select_int(&fresh.client, "SELECT 3::int4").await? == 3);
@@ -473,10 +476,15 @@ async fn f3_write_to_peer_that_stopped_reading_is_bounded() -> anyhow::Result<()
             "f3_backend_stopped_reading",
             &direct,
             &format!(
-                "{} after {took:.1}s, {next}, new client ok",
-                show(&Err::<(), _>(err))
+                "{} after {took:.1}s; {}; new client ok",
+                show(&Err::<(), _>(err)),
+                match &next {
+                    Ok(n) => n.clone(),
+                    Err(e) => format!("same client: {}", e.root_cause()),
+                }
             ),
         );
+        next?;
         Ok(())
     }
     .await;
@@ -577,11 +585,18 @@ async fn f4_black_holed_session_backend_is_detected() -> anyhow::Result<()> {
             });
         let (outcome, took) = outcome;
         let suture = match outcome {
-            Err(_) => bail!(
-                "query on a black-holed session backend got no answer in 12 s \
-                 (connection {})",
-                c.connection_end()
-            ),
+            Err(_) => {
+                field(
+                    "f4_blackholed_session_backend",
+                    &direct,
+                    "hangs (no answer in 12s)",
+                );
+                bail!(
+                    "query on a black-holed session backend got no answer in 12 s \
+                     (connection {})",
+                    c.connection_end()
+                )
+            }
             Ok(Ok(row)) => {
                 ensure!(row.get::<_, i32>(0) == 2);
                 format!("ok (healed) after {:.1}s", took.as_secs_f64())
@@ -958,30 +973,50 @@ async fn s3_unreachable_gives_57p03_after_the_hold() -> anyhow::Result<()> {
         })
         .await;
 
-        let started = Instant::now();
-        let login = rig.try_connect().await?.map(|w| w.client);
-        let login_took = started.elapsed();
+        let login = async {
+            let started = Instant::now();
+            let login = rig.try_connect().await?.map(|w| w.client);
+            Ok::<_, anyhow::Error>((login, started.elapsed()))
+        };
+        let session = async {
+            let started = Instant::now();
+            let r = within(c.client.batch_execute("SELECT 1")).await?;
+            Ok::<_, anyhow::Error>((r, started.elapsed()))
+        };
+        let (login, session) = tokio::join!(login, session);
+        let (login, login_took) = login?;
+        let (session, session_took) = session?;
         let login_err = expect_code(login, "57P03", "login while the server is down")?;
         ensure!(
             login_took >= Duration::from_millis(1800) && login_took < Duration::from_secs(5),
             "login refused after {login_took:?}, expected about the 2 s hold"
         );
-
-        let started = Instant::now();
-        let session = within(c.client.batch_execute("SELECT 1")).await?;
-        let session_took = started.elapsed();
         let session_err = match session {
             Ok(()) => bail!("query succeeded with the server down"),
             Err(err) => err,
         };
         let session_code = sqlstate(&session_err).map(str::to_owned);
-        ensure!(
-            matches!(session_code.as_deref(), Some("57P03" | "08006")),
-            "idle session whose backend died: expected 57P03 (or 08006), got {} \
-             (connection {})",
-            describe(&session_err),
-            c.connection_end()
-        );
+        let session_shows = match session_code.as_deref() {
+            Some("57P03" | "08006") => show(&Err::<(), _>(session_err)),
+            // The refusal reached the idle client before its query did.
+            None if c.client.is_closed()
+                && ["57P03", "08006"]
+                    .iter()
+                    .any(|code| c.connection_end().contains(code)) =>
+            {
+                format!(
+                    "[{}] while idle, then {}",
+                    c.connection_end(),
+                    describe(&session_err)
+                )
+            }
+            _ => bail!(
+                "idle session whose backend died: expected 57P03 (or 08006), got {} \
+                 (connection {})",
+                describe(&session_err),
+                c.connection_end()
+            ),
+        };
         ensure!(
             session_took < Duration::from_secs(5),
             "session error after {session_took:?}"
@@ -1004,10 +1039,9 @@ async fn s3_unreachable_gives_57p03_after_the_hold() -> anyhow::Result<()> {
             "s3_57p03_unreachable",
             &format!("login: {d_login}; idle session: {d_session}"),
             &format!(
-                "login: {} after {:.1}s; idle session: {} after {:.1}s; {after}",
+                "login: {} after {:.1}s; idle session: {session_shows} after {:.1}s; {after}",
                 show(&Err::<(), _>(login_err)),
                 login_took.as_secs_f64(),
-                show(&Err::<(), _>(session_err)),
                 session_took.as_secs_f64()
             ),
         );
@@ -1028,6 +1062,13 @@ async fn s3_unreachable_gives_57p03_after_the_hold() -> anyhow::Result<()> {
 /// Accepted (DESIGN §3 row 2): 08006 ERROR, 25P02 until ROLLBACK, then the
 /// session carries on — or the server's own FATAL 25P03 passed through
 /// (the client connection then closes). The FIELD line records which.
+///
+/// Observed: Suture passes the server's FATAL 25P03 on to the client as soon
+/// as the server sends it (while the client is still idle in its
+/// transaction) and closes the client connection, exactly as a direct
+/// connection behaves; tokio-postgres reports the 25P03 on the connection
+/// and the next statement gets "connection closed". §3 row 2 would instead
+/// keep the session (08006, status E until ROLLBACK).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_in_transaction_timeout_is_reported_as_a_lost_transaction() -> anyhow::Result<()> {
     let pg = pg_with_app_setting("idle_in_transaction_session_timeout = '1s'").await?;
@@ -1060,8 +1101,14 @@ async fn idle_in_transaction_timeout_is_reported_as_a_lost_transaction() -> anyh
                     wait_closed(&c.client, Duration::from_secs(5)).await,
                     "connection open after FATAL 25P03"
                 );
-                "FATAL 25P03 forwarded; connection closed".to_string()
+                "FATAL 25P03 forwarded as the reply; connection closed".to_string()
             }
+            // The FATAL reached the client while it was idle (its driver
+            // reports it on the connection), then Suture closed the client.
+            None if c.client.is_closed() && c.connection_end().contains("25P03") => format!(
+                "FATAL 25P03 forwarded while idle, connection closed; next query: {}",
+                describe(&err)
+            ),
             _ => bail!(
                 "expected 08006 or 25P03, got {} (connection {})",
                 describe(&err),

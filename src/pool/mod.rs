@@ -219,7 +219,7 @@ impl<M: Manager> Pool<M> {
             Ok(permit) => permit,
             Err(_) => self.wait_for_permit(&sub, limit).await?,
         };
-        let pooled = match self.take_idle(&sub) {
+        let pooled = match self.take_idle(&sub).await {
             Some(pooled) => pooled,
             None if self.inner.settings.failover_hold.is_zero() => {
                 let remaining = limit.saturating_sub(started.elapsed());
@@ -235,8 +235,11 @@ impl<M: Manager> Pool<M> {
         Ok(self.wrap(pooled, key, permit))
     }
 
-    /// The newest usable idle connection, retiring unusable ones on the way.
-    fn take_idle(&self, sub: &SubPool<M::Conn>) -> Option<Pooled<M::Conn>> {
+    /// The newest usable idle connection, retiring unusable ones on the way. One that has been
+    /// quiet longer than `health_check_after` is checked first, so a black-holed flow is never
+    /// handed out (not cancel-safe in the sense that a dropped call closes the connection being
+    /// checked, which is harmless).
+    async fn take_idle(&self, sub: &SubPool<M::Conn>) -> Option<Pooled<M::Conn>> {
         loop {
             let mut pooled = sub.idle().pop()?;
             let now = Instant::now();
@@ -248,10 +251,19 @@ impl<M: Manager> Pool<M> {
                 self.count_close("idle_timeout");
                 continue;
             }
-            match self.inner.manager.check_idle(&mut pooled.conn) {
-                Ok(()) => return Some(pooled),
-                Err(cause) => self.count_idle_close(cause),
+            if let Err(cause) = self.inner.manager.check_idle(&mut pooled.conn) {
+                self.count_idle_close(cause);
+                continue;
             }
+            let check_after = self.inner.settings.health_check_after;
+            if !check_after.is_zero() && now.duration_since(pooled.quiet_since) >= check_after {
+                if !self.inner.manager.health_check(&mut pooled.conn).await {
+                    self.count_close("health_check");
+                    continue;
+                }
+                pooled.quiet_since = Instant::now();
+            }
+            return Some(pooled);
         }
     }
 
@@ -318,7 +330,7 @@ impl<M: Manager> Pool<M> {
                 });
             }
             tokio::time::sleep(backoff.pause().min(deadline - now)).await;
-            if let Some(pooled) = self.take_idle(sub) {
+            if let Some(pooled) = self.take_idle(sub).await {
                 return Ok(pooled);
             }
         }

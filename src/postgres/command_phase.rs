@@ -116,6 +116,15 @@ pub(super) async fn run(
                 return;
             }
             RelayEnd::Rotate => phase.rotate().await,
+            RelayEnd::CheckBackend => phase.check_backend().await,
+            RelayEnd::Stalled => {
+                tracing::info!(pool = %phase.pool(), "a request that executes nothing got no answer; backend given up");
+                phase.checkout.conn().broken = true;
+                let waited = phase.svc.config.timeouts.health_check_after;
+                phase
+                    .backend_lost(&crate::postgres::wire::WireError::Timeout(waited))
+                    .await
+            }
             RelayEnd::BackendGone(err) => {
                 phase.checkout.conn().broken = true;
                 phase.backend_lost(&err).await
@@ -165,6 +174,27 @@ impl CommandPhase<'_> {
         Next::Resume
     }
 
+    /// Checks the backend of a quiet session with an empty query, so a black-holed flow is
+    /// found before the client needs it (DESIGN §5); a failed check is a lost backend.
+    async fn check_backend(&mut self) -> Next {
+        let (limit, max) = (
+            self.svc.config.timeouts.health_check_timeout,
+            self.svc.config.limits.max_message_size,
+        );
+        match self.checkout.conn().run_internal("", limit, max).await {
+            Ok(()) => Next::Resume,
+            Err(err) => {
+                metrics::counter!("suture_backend_closes_total", "pool" => self.pool().to_owned(), "reason" => "health_check")
+                    .increment(1);
+                self.checkout.conn().broken = true;
+                self.backend_lost(&crate::postgres::wire::WireError::Io(
+                    std::io::Error::other(err.to_string()),
+                ))
+                .await
+            }
+        }
+    }
+
     /// Relays in both directions until one side ends.
     async fn relay(&mut self) -> RelayEnd {
         let retire_at = self.next_rotation;
@@ -183,9 +213,12 @@ impl CommandPhase<'_> {
             params,
             boundary: &self.boundary,
         };
+        let check_after =
+            Some(self.svc.config.timeouts.health_check_after).filter(|d| !d.is_zero());
         let watch = BackendWatch {
             probe,
             retire_at,
+            check_after,
             boundary: &self.boundary,
         };
         let up = relay::client_to_backend(
@@ -381,6 +414,7 @@ impl CommandPhase<'_> {
     /// Shows the client its transaction as aborted until it ends it, then resumes on a new
     /// backend outside a transaction.
     async fn show_aborted_transaction(&mut self, facts: LossFacts) -> Next {
+        self.drop_refused_request();
         let announce = !facts.request_in_flight;
         if !announce {
             let mut out = BytesMut::new();
@@ -429,6 +463,14 @@ impl CommandPhase<'_> {
         Next::Resume
     }
 
+    /// Forgets the part of the refused request that was still being written when the backend
+    /// was lost, so it is never sent to the next backend.
+    fn drop_refused_request(&mut self) {
+        let mut tracker = self.shared.lock();
+        let n = std::mem::take(&mut tracker.in_write).min(self.cbuf.len());
+        bytes::Buf::advance(&mut self.cbuf, n);
+    }
+
     /// A lost request can be answered with an error and the session continue when it was the
     /// only one in flight, the client is at a message boundary and no FATAL reached it.
     fn can_continue_after_error(&self) -> bool {
@@ -439,6 +481,7 @@ impl CommandPhase<'_> {
     /// Answers the lost request with the §3 error and ReadyForQuery (idle: the transaction,
     /// if any, is over either way), then carries on on a new backend.
     async fn error_then_continue(&mut self, reason: RefusalReason) -> Next {
+        self.drop_refused_request();
         let mut notice = refusal_notice(reason);
         notice.severity = "ERROR";
         let mut out = BytesMut::new();

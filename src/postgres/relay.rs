@@ -53,6 +53,10 @@ pub(crate) enum RelayEnd {
     BackendGone(WireError),
     /// The backend reached its maximum lifetime and the session is at rest: swap it.
     Rotate,
+    /// The session has been quiet for the health-check interval: check its backend.
+    CheckBackend,
+    /// A request that executes nothing got no answer for the health-check interval.
+    Stalled,
 }
 
 /// What the client→backend direction watches about its backend besides the bytes.
@@ -61,8 +65,18 @@ pub(crate) struct BackendWatch<'a> {
     pub(crate) probe: &'a Probe,
     /// When the backend should be rotated out at the next quiet moment.
     pub(crate) retire_at: Option<Instant>,
+    /// After this long without a client request, the session's backend gets a health check.
+    pub(crate) check_after: Option<Duration>,
     /// Whether the client's stream is between messages (rotation must not cut a message).
     pub(crate) boundary: &'a ClientBoundary,
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// How long to wait before looking again when a rotation is due but the session is busy.
@@ -125,6 +139,7 @@ where
         }
         if let Some(at) = terminate_at {
             if at > 0 {
+                shared.lock().in_write = at;
                 let sent = send_requests(backend, &cbuf[..at], probe, shared, limits.backend_write);
                 if let Err(err) = sent.await {
                     return RelayEnd::BackendGone(err);
@@ -136,6 +151,7 @@ where
             flush_to = scanned;
         }
         if flush_to > 0 {
+            shared.lock().in_write = flush_to;
             let sent = send_requests(
                 backend,
                 &cbuf[..flush_to],
@@ -147,23 +163,41 @@ where
                 return RelayEnd::BackendGone(err);
             }
             cbuf.advance(flush_to);
+            shared.lock().in_write = 0;
             scanned -= flush_to;
         }
         cbuf.reserve(CLIENT_READ_CHUNK);
-        let read = match retire_at {
-            // Reading is the one point where nothing of ours is half done: read_buf is
-            // cancel-safe and nothing is held for the backend.
-            Some(at) if scanned == 0 => tokio::select! {
+        // Reading is the one point where nothing of ours is half done: read_buf is cancel-safe
+        // and nothing is held for the backend. Rotation and the health check happen only here.
+        let check_at = watch.check_after.map(|after| Instant::now() + after);
+        let read = match (retire_at, check_at) {
+            (None, None) => client.read_buf(cbuf).await,
+            _ if scanned != 0 => client.read_buf(cbuf).await,
+            (retire, check) => tokio::select! {
                 read = client.read_buf(cbuf) => read,
-                () = tokio::time::sleep_until(at.into()) => {
+                () = sleep_until(retire) => {
                     if cbuf.is_empty() && watch.boundary.at_boundary() && shared.lock().at_rest() {
                         return RelayEnd::Rotate;
                     }
                     retire_at = Some(Instant::now() + ROTATION_RETRY);
                     continue;
                 }
+                () = sleep_until(check) => {
+                    if !cbuf.is_empty() || !watch.boundary.at_boundary() {
+                        continue;
+                    }
+                    let tracker = shared.lock();
+                    if tracker.pending == 0 && tracker.tx_status == TxStatus::Idle {
+                        return RelayEnd::CheckBackend;
+                    }
+                    // A request that executes nothing (Close, Sync) answers at once; no answer
+                    // at all for the whole interval means the flow is dead or black-holed.
+                    if tracker.pending > 0 && tracker.side_effect_free && tracker.bytes_to_client == 0 {
+                        return RelayEnd::Stalled;
+                    }
+                    continue;
+                }
             },
-            _ => client.read_buf(cbuf).await,
         };
         match read {
             Ok(0) => return RelayEnd::ClientGone(WireError::Closed),

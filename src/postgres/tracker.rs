@@ -15,6 +15,8 @@ use crate::postgres::session_state::{SessionState, StateOp};
 
 /// SQLSTATE of `idle_session_timeout`: raised only while the backend waits for a request.
 pub(crate) const IDLE_SESSION_TIMEOUT: &str = "57P05";
+/// SQLSTATE of `idle_in_transaction_session_timeout`.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
 /// SQLSTATEs of a backend terminated by an administrator or a shutdown.
 const TERMINATED: [&str; 3] = ["57P01", "57P02", "57P03"];
 /// Sent requests are kept for a replay up to this many bytes; larger ones cannot be replayed.
@@ -60,6 +62,10 @@ pub(crate) struct Tracker {
     pub(crate) sent_overflow: bool,
     /// A write to the backend was attempted since the last ReadyForQuery.
     pub(crate) write_attempted: bool,
+    /// Bytes at the front of the client buffer that a write to the backend was sending when
+    /// it stopped: the request in flight. Dropped when the request is refused, so it is never
+    /// sent again; kept when it is replayed.
+    pub(crate) in_write: usize,
     /// Times the requests in flight were replayed already.
     pub(crate) replays: u32,
     /// Nothing sent since the last ReadyForQuery executes anything (no Query, Execute,
@@ -89,6 +95,7 @@ impl Default for Tracker {
             write_attempted: false,
             side_effect_free: true,
             replays: 0,
+            in_write: 0,
         }
     }
 }
@@ -135,17 +142,13 @@ impl Tracker {
     /// Whether a FATAL error with `code` proves the request was not run (or nothing was in
     /// flight), so it must be kept from the client and the session healed.
     pub(crate) fn fatal_is_unsolicited(&self, code: &str) -> bool {
-        // Nothing of a request has reached the backend (it was waiting for one), or what reached
-        // it executes nothing.
-        let unsent = self.pending == 0 || self.bytes_to_backend == 0;
-        // (Inside a transaction block the heal policy then shows the client an aborted
-        // transaction, which is the truth.)
-        let idle = unsent
-            || self.side_effect_free
-                && self.bytes_to_client == 0
-                && self.tx_status == TxStatus::Idle;
+        // 57P05 is raised only while the backend waits for a request. A terminated backend
+        // (57P01-3) or an idle-in-transaction timeout (25P03) is a lost backend like any other:
+        // the heal policy decides what the client is told (an aborted transaction, 40003, or
+        // nothing at all when nothing was in flight), and the session can continue.
         code == IDLE_SESSION_TIMEOUT && self.bytes_to_client == 0
-            || idle && TERMINATED.contains(&code)
+            || TERMINATED.contains(&code)
+            || code == IDLE_IN_TRANSACTION_TIMEOUT
     }
 
     /// Between requests, outside a transaction, with nothing that a new backend would lack:
@@ -182,6 +185,7 @@ impl Tracker {
     /// Forgets everything about requests in flight (after a heal or a replay was set up).
     pub(crate) fn reset_requests(&mut self) {
         self.pending = 0;
+        self.in_write = 0;
         self.pending_ops.clear();
         self.pending_parses.clear();
         self.error_since_ready = false;
