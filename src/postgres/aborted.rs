@@ -11,7 +11,7 @@ use suture_protocol::pg::{self, TxStatus};
 use suture_protocol::ProtocolError;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::postgres::tracker::Shared;
+use crate::postgres::tracker::{lowercase_statement, Shared};
 use crate::postgres::wire::{self, WireError};
 
 /// SQLSTATE in_failed_sql_transaction.
@@ -241,11 +241,7 @@ enum TxEnd {
 /// Whether `sql` ends the transaction block: ROLLBACK, ABORT, COMMIT or END (with an optional
 /// WORK or TRANSACTION). Not ROLLBACK TO SAVEPOINT, not the two-phase forms, not AND CHAIN.
 fn transaction_end(sql: &str) -> Option<TxEnd> {
-    let lower = sql
-        .trim()
-        .trim_end_matches(';')
-        .trim_end()
-        .to_ascii_lowercase();
+    let lower = lowercase_statement(sql);
     let words: Vec<&str> = lower.split_whitespace().collect();
     match words.as_slice() {
         ["rollback" | "abort"] | ["rollback" | "abort", "work" | "transaction"] => {

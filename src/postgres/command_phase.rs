@@ -453,6 +453,12 @@ impl CommandPhase<'_> {
                 return Next::End;
             }
         }
+        self.resume_outside_transaction().await
+    }
+
+    /// Carries on on a new backend after the client was told of a loss and its transaction (if
+    /// any) is over.
+    async fn resume_outside_transaction(&mut self) -> Next {
         if !self.swap_backend().await {
             return Next::End;
         }
@@ -501,14 +507,7 @@ impl CommandPhase<'_> {
         {
             return Next::End;
         }
-        if !self.swap_backend().await {
-            return Next::End;
-        }
-        let mut tracker = self.shared.lock();
-        tracker.reset_requests();
-        tracker.tx_status = TxStatus::Idle;
-        tracker.replays = 0;
-        Next::Resume
+        self.resume_outside_transaction().await
     }
 
     /// Tells the client what it lost (DESIGN §3 table); the session then ends.

@@ -240,14 +240,19 @@ impl Shared {
     }
 }
 
+/// One statement's text in lower case, without surrounding space and a trailing semicolon: the
+/// form the statement classifiers match words against.
+pub(crate) fn lowercase_statement(sql: &str) -> String {
+    sql.trim()
+        .trim_end_matches(';')
+        .trim_end()
+        .to_ascii_lowercase()
+}
+
 /// Whether running `sql` twice is the same as running it once, as far as anyone can tell:
 /// opening a transaction block or showing a setting.
 pub(crate) fn executes_nothing(sql: &str) -> bool {
-    let lower = sql
-        .trim()
-        .trim_end_matches(';')
-        .trim_end()
-        .to_ascii_lowercase();
+    let lower = lowercase_statement(sql);
     let words: Vec<&str> = lower.split_whitespace().collect();
     matches!(
         words.as_slice(),
