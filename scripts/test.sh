@@ -12,10 +12,16 @@ fi
 
 cargo build --all-targets
 # A widely used driver's own test suite, directly and through Suture: outcomes must match.
-bash tests/drivers/psycopg2_suite.sh
+# Its result is kept while the Rust tests still run, so one failure does not hide the other.
+driver_status=0
+bash tests/drivers/psycopg2_suite.sh || driver_status=$?
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
 else
     echo "test.sh: cargo-nextest not available, using cargo test" >&2
     cargo test --workspace --no-fail-fast "$@"
+fi
+if [ "$driver_status" -ne 0 ]; then
+    echo "test.sh: the psycopg2 driver suite failed (exit $driver_status); see above" >&2
+    exit "$driver_status"
 fi
