@@ -12,189 +12,24 @@
 mod support;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use support::fault_relay::FaultRelay;
-use support::pg_server::SUPERUSER_PASSWORD;
-use support::{dsn_for, free_port, suture_config_with, PgServer, SutureProc};
+use support::rig::{
+    config_via, connect_watched, describe, finish, pg_with_app_setting, select_int, sqlstate,
+    try_connect_watched, within, Rig, Watched,
+};
+use support::{dsn_for, free_port, PgServer, SutureProc};
 use tokio_postgres::{Client, NoTls};
 
-/// Upper bound for any single client step, so a hang fails the test
-/// instead of running into the nextest timeout.
-const STEP: Duration = Duration::from_secs(10);
 /// How long a direct connection is given before its step is called a hang.
 const DIRECT_PATIENCE: Duration = Duration::from_secs(5);
 /// Time given to Suture to notice a fault on an idle connection.
 const SETTLE: Duration = Duration::from_millis(300);
 
 // ---------------------------------------------------------------------------
-// Harness
+// Harness (the rig itself is in support::rig)
 // ---------------------------------------------------------------------------
-
-/// PostgreSQL, a relay in front of it and Suture in front of the relay.
-/// Field order is drop order: Suture first, PostgreSQL last.
-struct Rig {
-    suture: SutureProc,
-    relay: FaultRelay,
-    pg: PgServer,
-}
-
-impl Rig {
-    async fn start(set: &[(&str, &str)]) -> anyhow::Result<Rig> {
-        Self::start_on(PgServer::start().await?, set).await
-    }
-
-    /// Puts the relay and Suture (with `[pools.app]` keys `set`) in front of
-    /// an already running `pg`.
-    async fn start_on(pg: PgServer, set: &[(&str, &str)]) -> anyhow::Result<Rig> {
-        let relay = FaultRelay::start_for_port(pg.port()).await?;
-        let cfg = config(&pg, relay.port(), set)?;
-        let suture = SutureProc::start(&cfg).await?;
-        Ok(Rig { suture, relay, pg })
-    }
-
-    /// Connects as `app` through Suture.
-    async fn connect(&self) -> anyhow::Result<Watched> {
-        connect_watched(&dsn_for(self.suture.port(), "app", "app-secret", "app")).await
-    }
-
-    /// Like [`Rig::connect`], keeping the login error for inspection.
-    async fn try_connect(&self) -> anyhow::Result<Result<Watched, tokio_postgres::Error>> {
-        try_connect_watched(&dsn_for(self.suture.port(), "app", "app-secret", "app")).await
-    }
-
-    /// A superuser connection straight to PostgreSQL, database `app`.
-    async fn superuser(&self) -> anyhow::Result<Client> {
-        superuser_of(&self.pg).await
-    }
-
-    /// A plain tokio-postgres session as `app` through a relay of its own,
-    /// for the "direct connection" column.
-    async fn direct_via_relay(&self) -> anyhow::Result<(FaultRelay, Watched)> {
-        direct_via_relay(&self.pg).await
-    }
-
-    /// A plain tokio-postgres session as `app` straight to PostgreSQL.
-    async fn direct(&self) -> anyhow::Result<Watched> {
-        connect_watched(&self.pg.dsn("app", "app-secret", "app")).await
-    }
-
-    /// Adds the end of Suture's log to a failure.
-    fn finish(&self, result: anyhow::Result<()>) -> anyhow::Result<()> {
-        result.map_err(|err| {
-            let log = self.suture.log_contents();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-            err.context(format!("---- suture log (tail) ----\n{tail}"))
-        })
-    }
-}
-
-/// The shared test config with `servers` pointing at `server_port` and the
-/// `[pools.app]` keys in `set` (an existing line is replaced, a new key added).
-fn config(pg: &PgServer, server_port: u16, set: &[(&str, &str)]) -> anyhow::Result<String> {
-    let mut cfg = suture_config_with(pg, free_port(), "");
-    let direct = format!("servers = [\"127.0.0.1:{}\"]", pg.port());
-    ensure!(cfg.contains(&direct), "config has no `{direct}` line");
-    cfg = cfg.replace(&direct, &format!("servers = [\"127.0.0.1:{server_port}\"]"));
-    let mut extra = String::new();
-    for (key, value) in set {
-        let prefix = format!("\n{key} = ");
-        match cfg.find(&prefix) {
-            Some(start) => {
-                let line_start = start + 1;
-                let line_end = cfg[line_start..]
-                    .find('\n')
-                    .map_or(cfg.len(), |i| line_start + i);
-                cfg.replace_range(line_start..line_end, &format!("{key} = {value}"));
-            }
-            None => extra.push_str(&format!("{key} = {value}\n")),
-        }
-    }
-    let header = "[pools.app]\n";
-    ensure!(cfg.contains(header), "config has no [pools.app]");
-    Ok(cfg.replacen(header, &format!("{header}{extra}"), 1))
-}
-
-async fn superuser_of(pg: &PgServer) -> anyhow::Result<Client> {
-    pg.connect("postgres", SUPERUSER_PASSWORD, "app").await
-}
-
-async fn direct_via_relay(pg: &PgServer) -> anyhow::Result<(FaultRelay, Watched)> {
-    let relay = FaultRelay::start_for_port(pg.port()).await?;
-    let client = connect_watched(&dsn_for(relay.port(), "app", "app-secret", "app")).await?;
-    Ok((relay, client))
-}
-
-/// A client plus how its connection task ended (an error the server sent
-/// while no query was waiting ends up there).
-struct Watched {
-    client: Client,
-    ended: Arc<Mutex<Option<String>>>,
-}
-
-impl Watched {
-    fn connection_end(&self) -> String {
-        self.ended
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default()
-            .unwrap_or_else(|| "still open".to_string())
-    }
-}
-
-async fn connect_watched(dsn: &str) -> anyhow::Result<Watched> {
-    Ok(try_connect_watched(dsn).await??)
-}
-
-async fn try_connect_watched(dsn: &str) -> anyhow::Result<Result<Watched, tokio_postgres::Error>> {
-    let (client, connection) = match within(tokio_postgres::connect(dsn, NoTls)).await? {
-        Ok(pair) => pair,
-        Err(err) => return Ok(Err(err)),
-    };
-    let ended = Arc::new(Mutex::new(None));
-    let slot = Arc::clone(&ended);
-    tokio::spawn(async move {
-        let how = match connection.await {
-            Ok(()) => "closed cleanly".to_string(),
-            Err(err) => describe(&err),
-        };
-        if let Ok(mut slot) = slot.lock() {
-            *slot = Some(how);
-        }
-    });
-    Ok(Ok(Watched { client, ended }))
-}
-
-async fn within<F: Future>(fut: F) -> anyhow::Result<F::Output> {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .with_context(|| format!("step did not finish within {STEP:?}"))
-}
-
-/// Runs a query returning one int4 and returns it.
-async fn select_int(client: &Client, sql: &str) -> anyhow::Result<i32> {
-    let row = within(client.query_one(sql, &[]))
-        .await?
-        .with_context(|| format!("{sql} failed"))?;
-    Ok(row.get(0))
-}
-
-fn sqlstate(err: &tokio_postgres::Error) -> Option<&str> {
-    err.as_db_error().map(|db| db.code().code())
-}
-
-/// An error as a client sees it: severity and SQLSTATE of an
-/// ErrorResponse, or the bare error.
-fn describe(err: &tokio_postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => format!("{} {} ({})", db.severity(), db.code().code(), db.message()),
-        None if err.is_closed() => "connection closed".to_string(),
-        None => format!("{err}"),
-    }
-}
 
 /// Short form of a result for the FIELD lines.
 fn show<T>(result: &Result<T, tokio_postgres::Error>) -> String {
@@ -281,7 +116,7 @@ async fn f1_rst_of_every_idle_pooled_socket_is_not_seen_by_new_clients() -> anyh
     let result = async {
         let mut first = Vec::new();
         for _ in 0..4 {
-            first.push(rig.connect().await?);
+            first.push(rig.connect_app().await?);
         }
         let runs = first
             .iter()
@@ -308,7 +143,7 @@ async fn f1_rst_of_every_idle_pooled_socket_is_not_seen_by_new_clients() -> anyh
         let started = Instant::now();
         let mut second = Vec::new();
         for _ in 0..4 {
-            second.push(rig.connect().await?);
+            second.push(rig.connect_app().await?);
         }
         let runs = second
             .iter()
@@ -344,20 +179,13 @@ async fn f1_rst_of_every_idle_pooled_socket_is_not_seen_by_new_clients() -> anyh
 // F2: the server's idle timeout is shorter than the client's idle time
 // ---------------------------------------------------------------------------
 
-async fn pg_with_app_setting(setting: &str) -> anyhow::Result<PgServer> {
-    let pg = PgServer::start().await?;
-    let su = superuser_of(&pg).await?;
-    within(su.batch_execute(&format!("ALTER ROLE app SET {setting}"))).await??;
-    Ok(pg)
-}
-
 /// idle_session_timeout = 1 s for `app`; a session idles 2.5 s and queries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f2_idle_session_timeout_shorter_than_session_idle() -> anyhow::Result<()> {
     let pg = pg_with_app_setting("idle_session_timeout = '1s'").await?;
     let rig = Rig::start_on(pg, &[("min_idle", "1")]).await?;
     let result = async {
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         let d = rig.direct().await?;
         ensure!(select_int(&c.client, "SELECT 1::int4").await? == 1);
         ensure!(select_int(&d.client, "SELECT 1::int4").await? == 1);
@@ -381,12 +209,12 @@ async fn f2_idle_session_timeout_shorter_than_pool_idle() -> anyhow::Result<()> 
     let pg = pg_with_app_setting("idle_session_timeout = '1s'").await?;
     let rig = Rig::start_on(pg, &[("min_idle", "2")]).await?;
     let result = async {
-        let a = rig.connect().await?;
+        let a = rig.connect_app().await?;
         ensure!(select_int(&a.client, "SELECT 1::int4").await? == 1);
         drop(a);
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let started = Instant::now();
-        let b = rig.connect().await?;
+        let b = rig.connect_app().await?;
         let got = select_int(&b.client, "SELECT 2::int4")
             .await
             .with_context(|| format!("new client; connection {}", b.connection_end()))?;
@@ -429,7 +257,7 @@ async fn f3_write_to_peer_that_stopped_reading_is_bounded() -> anyhow::Result<()
         let direct = direct_step(d.client.query_one(&dstmt, &[&big])).await;
         drelay.resume_all().await?;
 
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         // Prepared first: with the relay not reading, the Parse round trip
         // itself would never get an answer.
         let stmt = within(c.client.prepare(sql)).await??;
@@ -470,7 +298,7 @@ async fn f3_write_to_peer_that_stopped_reading_is_bounded() -> anyhow::Result<()
         } else {
             Ok("client closed".to_string())
         };
-        let fresh = rig.connect().await?;
+        let fresh = rig.connect_app().await?;
         ensure!(select_int(&fresh.client, "SELECT 3::int4").await? == 3);
         field(
             "f3_backend_stopped_reading",
@@ -501,7 +329,7 @@ async fn f3_connection_past_max_lifetime_is_rotated() -> anyhow::Result<()> {
         let (drelay, d) = rig.direct_via_relay().await?;
         ensure!(select_int(&d.client, "SELECT 1::int4").await? == 1);
 
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         let before = select_int(&c.client, "SELECT pg_backend_pid()").await?;
         tokio::time::sleep(Duration::from_secs(4)).await;
         // The proxy in the direct path closes connections at its maximum age.
@@ -566,7 +394,7 @@ async fn f4_black_holed_session_backend_is_detected() -> anyhow::Result<()> {
     let result = async {
         let (drelay, d) = rig.direct_via_relay().await?;
         ensure!(select_int(&d.client, "SELECT 1::int4").await? == 1);
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         ensure!(select_int(&c.client, "SELECT 1::int4").await? == 1);
 
         rig.relay.blackhole_all().await?;
@@ -636,7 +464,7 @@ async fn f4_black_holed_session_backend_is_detected() -> anyhow::Result<()> {
 async fn f5_unresolvable_server_name_fails_within_the_hold() -> anyhow::Result<()> {
     let pg = PgServer::start().await?;
     let bad_port = free_port();
-    let good = config(&pg, pg.port(), &[("min_idle", "1")])?;
+    let good = config_via(&pg, pg.port(), &[("min_idle", "1")])?;
     let bad = format!(
         r#"[pools.bad]
 protocol = "postgres"
@@ -731,16 +559,7 @@ password = "app-secret"
         Ok(())
     }
     .await;
-    finish_proc(&suture, result)
-}
-
-fn finish_proc(suture: &SutureProc, result: anyhow::Result<()>) -> anyhow::Result<()> {
-    result.map_err(|err| {
-        let log = suture.log_contents();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
-        err.context(format!("---- suture log (tail) ----\n{tail}"))
-    })
+    finish(&suture, result)
 }
 
 // ---------------------------------------------------------------------------
@@ -755,7 +574,7 @@ async fn s3_statement_may_have_run_gives_40003_and_session_continues() -> anyhow
     let result = async {
         let (drelay, d) = rig.direct_via_relay().await?;
         ensure!(select_int(&d.client, "SELECT 1::int4").await? == 1);
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         ensure!(select_int(&c.client, "SELECT 1::int4").await? == 1);
 
         let cut = async {
@@ -800,7 +619,7 @@ async fn s3_transaction_lost_gives_08006_then_25p02_until_rollback() -> anyhow::
         let su = rig.superuser().await?;
         within(su.batch_execute("CREATE TABLE t (x int); GRANT ALL ON t TO app")).await??;
         let (drelay, d) = rig.direct_via_relay().await?;
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         for w in [&c, &d] {
             within(w.client.batch_execute("BEGIN")).await??;
             within(w.client.batch_execute("INSERT INTO t VALUES (1)")).await??;
@@ -855,7 +674,7 @@ async fn s3_commit_in_flight_gives_08007_and_session_continues() -> anyhow::Resu
         ))
         .await??;
         let (drelay, d) = rig.direct_via_relay().await?;
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         for (w, x) in [(&c, 1), (&d, 2)] {
             within(w.client.batch_execute("BEGIN")).await??;
             within(
@@ -912,7 +731,7 @@ async fn s3_tainted_session_gives_08006_fatal_and_is_closed() -> anyhow::Result<
     let rig = Rig::start(&[("min_idle", "1")]).await?;
     let result = async {
         let (drelay, d) = rig.direct_via_relay().await?;
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         for w in [&c, &d] {
             within(w.client.batch_execute("CREATE TEMP TABLE scratch (x int)")).await??;
         }
@@ -938,7 +757,7 @@ async fn s3_tainted_session_gives_08006_fatal_and_is_closed() -> anyhow::Result<
             wait_closed(&c.client, Duration::from_secs(5)).await,
             "client connection still open after FATAL 08006"
         );
-        let fresh = rig.connect().await?;
+        let fresh = rig.connect_app().await?;
         ensure!(select_int(&fresh.client, "SELECT 1::int4").await? == 1);
         field(
             "s3_08006_tainted_session",
@@ -959,7 +778,7 @@ async fn s3_unreachable_gives_57p03_after_the_hold() -> anyhow::Result<()> {
     let rig = Rig::start(&[("min_idle", "1"), ("failover_hold", "\"2s\"")]).await?;
     let result = async {
         let d = rig.direct().await?;
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         ensure!(select_int(&c.client, "SELECT 1::int4").await? == 1);
         ensure!(select_int(&d.client, "SELECT 1::int4").await? == 1);
         rig.pg.stop().await?;
@@ -975,7 +794,7 @@ async fn s3_unreachable_gives_57p03_after_the_hold() -> anyhow::Result<()> {
 
         let login = async {
             let started = Instant::now();
-            let login = rig.try_connect().await?.map(|w| w.client);
+            let login = rig.try_connect_app().await?.map(|w| w.client);
             Ok::<_, anyhow::Error>((login, started.elapsed()))
         };
         let session = async {
@@ -1033,7 +852,7 @@ async fn s3_unreachable_gives_57p03_after_the_hold() -> anyhow::Result<()> {
                 "session closed; reconnect ok".to_string()
             }
         };
-        let fresh = rig.connect().await?;
+        let fresh = rig.connect_app().await?;
         ensure!(select_int(&fresh.client, "SELECT 5::int4").await? == 5);
         field(
             "s3_57p03_unreachable",
@@ -1075,7 +894,7 @@ async fn idle_in_transaction_timeout_is_reported_as_a_lost_transaction() -> anyh
     let rig = Rig::start_on(pg, &[("min_idle", "1")]).await?;
     let result = async {
         let d = rig.direct().await?;
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         within(c.client.batch_execute("BEGIN")).await??;
         within(d.client.batch_execute("BEGIN")).await??;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1115,7 +934,7 @@ async fn idle_in_transaction_timeout_is_reported_as_a_lost_transaction() -> anyh
                 c.connection_end()
             ),
         };
-        let fresh = rig.connect().await?;
+        let fresh = rig.connect_app().await?;
         ensure!(select_int(&fresh.client, "SELECT 1::int4").await? == 1);
         field("idle_in_transaction_timeout", &direct, &suture);
         Ok(())
@@ -1138,7 +957,7 @@ async fn server_restart_while_sessions_idle_heals_every_session() -> anyhow::Res
         ensure!(select_int(&d.client, "SELECT 1::int4").await? == 1);
         let mut sessions = Vec::new();
         for _ in 0..4 {
-            let c = rig.connect().await?;
+            let c = rig.connect_app().await?;
             within(
                 c.client
                     .batch_execute("SET application_name = 'idle-through-restart'"),
@@ -1186,7 +1005,7 @@ async fn server_restart_mid_query_gives_57p01_or_40003() -> anyhow::Result<()> {
     let rig = Rig::start(&[("min_idle", "1")]).await?;
     let result = async {
         let d = rig.direct().await?;
-        let c = rig.connect().await?;
+        let c = rig.connect_app().await?;
         ensure!(select_int(&c.client, "SELECT 1::int4").await? == 1);
         ensure!(select_int(&d.client, "SELECT 1::int4").await? == 1);
         let restart = async {
@@ -1220,7 +1039,7 @@ async fn server_restart_mid_query_gives_57p01_or_40003() -> anyhow::Result<()> {
                     "client neither usable nor closed: {}",
                     describe(&next_err)
                 );
-                let fresh = rig.connect().await?;
+                let fresh = rig.connect_app().await?;
                 ensure!(select_int(&fresh.client, "SELECT 3::int4").await? == 3);
                 "connection closed; reconnect ok".to_string()
             }

@@ -6,152 +6,18 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use support::fault_relay::FaultRelay;
-use support::pg_server::SUPERUSER_PASSWORD;
+use support::rig::{
+    connect_watched, describe_sqlstate as describe, pg_with_app_setting, select_int, sqlstate,
+    within, Rig,
+};
 use support::{dsn_for, free_port, suture_config_with, PgServer, SutureProc};
 use tokio_postgres::{Client, NoTls};
 
-/// Upper bound for any single client step, so a hang fails the test
-/// instead of running into the nextest timeout.
-const STEP: Duration = Duration::from_secs(10);
 /// Time given to Suture to notice a fault on an idle connection.
 const SETTLE: Duration = Duration::from_millis(300);
-
-/// PostgreSQL, the relay in front of it and Suture in front of the relay.
-/// Field order is drop order: Suture first, PostgreSQL last.
-struct Rig {
-    suture: SutureProc,
-    relay: FaultRelay,
-    pg: PgServer,
-}
-
-impl Rig {
-    async fn start(min_idle: u32) -> anyhow::Result<Rig> {
-        Self::start_on(PgServer::start().await?, min_idle).await
-    }
-
-    /// Puts the relay and Suture in front of an already running `pg`.
-    async fn start_on(pg: PgServer, min_idle: u32) -> anyhow::Result<Rig> {
-        let relay = FaultRelay::start_for_port(pg.port()).await?;
-        let cfg = config_via_relay(&pg, &relay, free_port(), min_idle)?;
-        let suture = SutureProc::start(&cfg).await?;
-        Ok(Rig { suture, relay, pg })
-    }
-
-    /// Connects as `app` through Suture.
-    async fn connect_app(&self) -> anyhow::Result<Watched> {
-        connect_watched(&dsn_for(self.suture.port(), "app", "app-secret", "app")).await
-    }
-
-    /// A superuser connection straight to PostgreSQL, database `app`.
-    async fn superuser(&self) -> anyhow::Result<Client> {
-        superuser_of(&self.pg).await
-    }
-
-    /// Adds the end of Suture's log to a failure.
-    fn finish(&self, result: anyhow::Result<()>) -> anyhow::Result<()> {
-        result.map_err(|err| {
-            let log = self.suture.log_contents();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-            err.context(format!("---- suture log (tail) ----\n{tail}"))
-        })
-    }
-}
-
-/// The shared test config with `servers` pointing at the relay and the
-/// given `min_idle`.
-fn config_via_relay(
-    pg: &PgServer,
-    relay: &FaultRelay,
-    listen_port: u16,
-    min_idle: u32,
-) -> anyhow::Result<String> {
-    let cfg = suture_config_with(pg, listen_port, "");
-    let direct = format!("servers = [\"127.0.0.1:{}\"]", pg.port());
-    ensure!(
-        cfg.contains(&direct),
-        "config has no `{direct}` line:\n{cfg}"
-    );
-    ensure!(
-        cfg.contains("min_idle = 1\n"),
-        "config has no `min_idle = 1` line:\n{cfg}"
-    );
-    Ok(cfg
-        .replace(
-            &direct,
-            &format!("servers = [\"127.0.0.1:{}\"]", relay.port()),
-        )
-        .replace("min_idle = 1\n", &format!("min_idle = {min_idle}\n")))
-}
-
-async fn superuser_of(pg: &PgServer) -> anyhow::Result<Client> {
-    pg.connect("postgres", SUPERUSER_PASSWORD, "app").await
-}
-
-/// A client plus how its connection task ended (for failure messages: an
-/// error the server sent while no query was waiting ends up there).
-struct Watched {
-    client: Client,
-    ended: Arc<Mutex<Option<String>>>,
-}
-
-impl Watched {
-    fn connection_end(&self) -> String {
-        self.ended
-            .lock()
-            .map(|e| e.clone())
-            .unwrap_or_default()
-            .unwrap_or_else(|| "still open".to_string())
-    }
-}
-
-async fn connect_watched(dsn: &str) -> anyhow::Result<Watched> {
-    let (client, connection) = within(tokio_postgres::connect(dsn, NoTls)).await??;
-    let ended = Arc::new(Mutex::new(None));
-    let slot = Arc::clone(&ended);
-    tokio::spawn(async move {
-        let how = match connection.await {
-            Ok(()) => "closed cleanly".to_string(),
-            Err(err) => format!("ended with {err:?}"),
-        };
-        if let Ok(mut slot) = slot.lock() {
-            *slot = Some(how);
-        }
-    });
-    Ok(Watched { client, ended })
-}
-
-async fn within<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .with_context(|| format!("step did not finish within {STEP:?}"))
-}
-
-/// Runs a query returning one int4 and returns it.
-async fn select_int(client: &Client, sql: &str) -> anyhow::Result<i32> {
-    let row = within(client.query_one(sql, &[]))
-        .await?
-        .with_context(|| format!("{sql} failed"))?;
-    Ok(row.get(0))
-}
-
-fn sqlstate(err: &tokio_postgres::Error) -> Option<&str> {
-    err.as_db_error().map(|db| db.code().code())
-}
-
-/// Describes an error for a failure message: SQLSTATE and message if the
-/// server (or Suture) sent an ErrorResponse, otherwise the bare error.
-fn describe(err: &tokio_postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => format!("SQLSTATE {} ({})", db.code().code(), db.message()),
-        None => format!("no ErrorResponse: {err:?}"),
-    }
-}
 
 /// Waits until the client's connection is closed.
 async fn wait_closed(client: &Client, limit: Duration) -> bool {
@@ -173,7 +39,7 @@ async fn wait_closed(client: &Client, limit: Duration) -> bool {
 /// from a healthy connection (a pooled driver would see "broken pipe").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn f1_pooled_idle_rst_is_not_handed_to_the_next_client() -> anyhow::Result<()> {
-    let rig = Rig::start(1).await?;
+    let rig = Rig::start(&[("min_idle", "1")]).await?;
     let result = async {
         let a = rig.connect_app().await?;
         ensure!(select_int(&a.client, "SELECT 1::int4").await? == 1);
@@ -224,7 +90,7 @@ enum Fault {
 /// A session runs a query, the relay kills its backend flow while it is idle,
 /// and its next queries must succeed on a fresh backend.
 async fn idle_session_heals_after(fault: Fault) -> anyhow::Result<()> {
-    let rig = Rig::start(1).await?;
+    let rig = Rig::start(&[("min_idle", "1")]).await?;
     let result = async {
         let c = rig.connect_app().await?;
         ensure!(select_int(&c.client, "SELECT 1::int4").await? == 1);
@@ -250,7 +116,7 @@ async fn idle_session_heals_after(fault: Fault) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_terminate_backend_of_idle_session_heals() -> anyhow::Result<()> {
-    let rig = Rig::start(1).await?;
+    let rig = Rig::start(&[("min_idle", "1")]).await?;
     let result = async {
         let c = rig.connect_app().await?;
         let pid = select_int(&c.client, "SELECT pg_backend_pid()").await?;
@@ -276,16 +142,12 @@ async fn pg_terminate_backend_of_idle_session_heals() -> anyhow::Result<()> {
 /// Suture it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_session_timeout_shorter_than_client_idle_heals() -> anyhow::Result<()> {
-    let pg = PgServer::start().await?;
-    {
-        let su = superuser_of(&pg).await?;
-        within(su.batch_execute("ALTER ROLE app SET idle_session_timeout = '1s'")).await??;
-    }
+    let pg = pg_with_app_setting("idle_session_timeout = '1s'").await?;
     // Suture opens its first backend only now, with the role setting in force.
-    let rig = Rig::start_on(pg, 0).await?;
+    let rig = Rig::start_on(pg, &[("min_idle", "0")]).await?;
     let result = async {
         let via = rig.connect_app().await?;
-        let direct = connect_watched(&rig.pg.dsn("app", "app-secret", "app")).await?;
+        let direct = rig.direct().await?;
         ensure!(select_int(&via.client, "SELECT 1::int4").await? == 1);
         ensure!(select_int(&direct.client, "SELECT 1::int4").await? == 1);
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -314,7 +176,7 @@ async fn idle_session_timeout_shorter_than_client_idle_heals() -> anyhow::Result
 /// whichever backend serves it after a heal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heal_keeps_client_visible_process_id_for_cancel() -> anyhow::Result<()> {
-    let rig = Rig::start(1).await?;
+    let rig = Rig::start(&[("min_idle", "1")]).await?;
     let result = async {
         let c = rig.connect_app().await?;
         ensure!(select_int(&c.client, "SELECT 1::int4").await? == 1);
@@ -355,7 +217,7 @@ async fn heal_keeps_client_visible_process_id_for_cancel() -> anyhow::Result<()>
 /// that only changed settings heals and keeps them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_session_parameter_survives_heal() -> anyhow::Result<()> {
-    let rig = Rig::start(1).await?;
+    let rig = Rig::start(&[("min_idle", "1")]).await?;
     let result = async {
         let c = rig.connect_app().await?;
         within(c.client.batch_execute("SET application_name = 'x'")).await??;
@@ -385,7 +247,7 @@ async fn set_session_parameter_survives_heal() -> anyhow::Result<()> {
 /// state, not a bare closed connection, and the client connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dirty_session_losing_backend_gets_08006_not_bare_eof() -> anyhow::Result<()> {
-    let rig = Rig::start(1).await?;
+    let rig = Rig::start(&[("min_idle", "1")]).await?;
     let result = async {
         let c = rig.connect_app().await?;
         within(
@@ -431,7 +293,7 @@ async fn dirty_session_losing_backend_gets_08006_not_bare_eof() -> anyhow::Resul
 /// on, and the row inserted before the fault does not exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_in_progress_losing_backend_is_not_replayed() -> anyhow::Result<()> {
-    let rig = Rig::start(1).await?;
+    let rig = Rig::start(&[("min_idle", "1")]).await?;
     let result = async {
         let su = rig.superuser().await?;
         within(su.batch_execute("CREATE TABLE t (x int); GRANT ALL ON t TO app")).await??;
@@ -519,7 +381,7 @@ async fn max_lifetime_rotation_under_an_idle_session() -> anyhow::Result<()> {
 /// NOTIFY sent after the heal still reaches the session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_statement_and_listen_survive_heal() -> anyhow::Result<()> {
-    let rig = Rig::start(1).await?;
+    let rig = Rig::start(&[("min_idle", "1")]).await?;
     let result = async {
         let (client, mut notes) = connect_with_notifications(rig.suture.port()).await?;
         let statement = within(client.prepare("SELECT $1::int4 + 1")).await??;

@@ -27,9 +27,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use support::fault_relay::FaultRelay;
-use support::pg_server::SUPERUSER_PASSWORD;
-use support::{dsn_for, free_port, suture_config_with, PgServer, SutureProc};
+use support::dsn_for;
+use support::rig::Rig;
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
@@ -84,47 +83,6 @@ const STEP: Duration = Duration::from_secs(35);
 const PAUSE_MS: std::ops::Range<u64> = 10..40;
 /// Pause between two faults.
 const FAULT_GAP_MS: std::ops::Range<u64> = 300..1200;
-
-/// PostgreSQL, the fault relay in front of it and Suture in front of the
-/// relay. Field order is drop order: Suture first, PostgreSQL last.
-struct LedgerRig {
-    suture: SutureProc,
-    relay: FaultRelay,
-    pg: PgServer,
-}
-
-impl LedgerRig {
-    async fn start() -> anyhow::Result<LedgerRig> {
-        let pg = PgServer::start().await?;
-        let relay = FaultRelay::start_for_port(pg.port()).await?;
-        // Logins are kept cheap (see [`USER`]): clients use trust on the
-        // loopback listener.
-        let cfg = suture_config_with(&pg, free_port(), "client_auth = \"trust\"");
-        let direct = format!("servers = [\"127.0.0.1:{}\"]", pg.port());
-        ensure!(
-            cfg.contains(&direct),
-            "config has no `{direct}` line:\n{cfg}"
-        );
-        ensure!(
-            cfg.contains("max_size = 10\n"),
-            "config has no `max_size = 10` line:\n{cfg}"
-        );
-        // Session pooling: every client holds a backend, so the pool must
-        // fit all clients plus room for replacements.
-        let cfg = cfg
-            .replace(
-                &direct,
-                &format!("servers = [\"127.0.0.1:{}\"]", relay.port()),
-            )
-            .replace("max_size = 10\n", &format!("max_size = {}\n", CLIENTS + 8));
-        let suture = SutureProc::start(&cfg).await?;
-        Ok(LedgerRig { suture, relay, pg })
-    }
-
-    async fn superuser(&self) -> anyhow::Result<Client> {
-        self.pg.connect("postgres", SUPERUSER_PASSWORD, "app").await
-    }
-}
 
 // ---------------------------------------------------------------------------
 // What the clients record
@@ -514,7 +472,7 @@ struct FaultLog {
     timeline: Vec<String>,
 }
 
-async fn chaos(rig: &LedgerRig, seed: u64, run: Duration) -> FaultLog {
+async fn chaos(rig: &Rig, seed: u64, run: Duration) -> FaultLog {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut log = FaultLog::default();
     let start = Instant::now();
@@ -598,7 +556,7 @@ async fn chaos(rig: &LedgerRig, seed: u64, run: Duration) -> FaultLog {
 
 /// Terminates up to `want` random backends of role `app` (Suture's).
 async fn terminate_some(
-    rig: &LedgerRig,
+    rig: &Rig,
     su: &mut Option<Client>,
     rng: &mut StdRng,
     want: usize,
@@ -658,7 +616,15 @@ async fn ledger_no_lost_ack_no_double_execution_truthful_errors() -> anyhow::Res
     let secs = run_secs();
     let seed = seed();
     eprintln!("ledger: {CLIENTS} clients, {secs} s, seed {seed} (SUTURE_LEDGER_SEED={seed} to repeat the chaos schedule)");
-    let rig = LedgerRig::start().await?;
+    let rig = Rig::start(&[
+        // Logins are kept cheap (see [`USER`]): clients use trust on the
+        // loopback listener.
+        ("client_auth", "\"trust\""),
+        // Session pooling: every client holds a backend, so the pool must
+        // fit all clients plus room for replacements.
+        ("max_size", &(CLIENTS + 8).to_string()),
+    ])
+    .await?;
     {
         let su = rig.superuser().await?;
         // No unique index: a statement executed twice shows as a duplicate.

@@ -10,45 +10,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use support::fault_relay::FaultRelay;
-use support::pg_server::SUPERUSER_PASSWORD;
-use support::{dsn_for, free_port, suture_config_with, PgServer, SutureProc};
+use support::rig::{
+    config_via, describe_sqlstate as describe, finish, select_int, set_app_role, within, Rig,
+};
+use support::{dsn_for, PgServer, SutureProc};
 use tokio_postgres::{Client, NoTls};
-
-/// Upper bound for any single client step, so a hang fails the test.
-const STEP: Duration = Duration::from_secs(10);
-
-/// The shared test config with `[pools.app]` keys set: an existing line is
-/// replaced, a new key is added. `servers` points at `server_port`.
-fn config(pg: &PgServer, server_port: u16, set: &[(&str, &str)]) -> anyhow::Result<String> {
-    let mut cfg = suture_config_with(pg, free_port(), "");
-    let direct = format!("servers = [\"127.0.0.1:{}\"]", pg.port());
-    ensure!(cfg.contains(&direct), "config has no `{direct}` line");
-    cfg = cfg.replace(&direct, &format!("servers = [\"127.0.0.1:{server_port}\"]"));
-    let mut extra = String::new();
-    for (key, value) in set {
-        let prefix = format!("\n{key} = ");
-        match cfg.find(&prefix) {
-            Some(start) => {
-                let line_start = start + 1;
-                let line_end = cfg[line_start..]
-                    .find('\n')
-                    .map_or(cfg.len(), |i| line_start + i);
-                cfg.replace_range(line_start..line_end, &format!("{key} = {value}"));
-            }
-            None => extra.push_str(&format!("{key} = {value}\n")),
-        }
-    }
-    let header = "[pools.app]\n";
-    ensure!(cfg.contains(header), "config has no [pools.app]");
-    Ok(cfg.replacen(header, &format!("{header}{extra}"), 1))
-}
-
-async fn within<F: std::future::Future>(fut: F) -> anyhow::Result<F::Output> {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .with_context(|| format!("step did not finish within {STEP:?}"))
-}
 
 /// Connects as `app` to database `app` through Suture.
 async fn connect_app(suture: &SutureProc) -> Result<Client, tokio_postgres::Error> {
@@ -62,20 +28,6 @@ async fn connect_db(suture: &SutureProc, db: &str) -> Result<Client, tokio_postg
         let _ = connection.await;
     });
     Ok(client)
-}
-
-async fn select_int(client: &Client, sql: &str) -> anyhow::Result<i32> {
-    let row = within(client.query_one(sql, &[]))
-        .await?
-        .with_context(|| format!("{sql} failed"))?;
-    Ok(row.get(0))
-}
-
-fn describe(err: &tokio_postgres::Error) -> String {
-    match err.as_db_error() {
-        Some(db) => format!("SQLSTATE {} ({})", db.code().code(), db.message()),
-        None => format!("no ErrorResponse: {err:?}"),
-    }
 }
 
 /// Expects a login refused with `code`; returns the message.
@@ -92,16 +44,6 @@ fn expect_sqlstate(
     }
 }
 
-/// Adds the end of Suture's log to a failure.
-fn finish(suture: &SutureProc, result: anyhow::Result<()>) -> anyhow::Result<()> {
-    result.map_err(|err| {
-        let log = suture.log_contents();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-        err.context(format!("---- suture log (tail) ----\n{tail}"))
-    })
-}
-
 // ---------------------------------------------------------------------------
 // Active health check (black-holed flows)
 // ---------------------------------------------------------------------------
@@ -111,20 +53,15 @@ fn finish(suture: &SutureProc, result: anyhow::Result<()>) -> anyhow::Result<()>
 /// replaces it, so the next client is served at once instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackholed_pooled_connection_is_found_by_the_health_check() -> anyhow::Result<()> {
-    let pg = PgServer::start().await?;
-    let relay = FaultRelay::start_for_port(pg.port()).await?;
-    let cfg = config(
-        &pg,
-        relay.port(),
-        &[
-            ("min_idle", "1"),
-            ("health_check_after", "\"1s\""),
-            ("health_check_timeout", "\"500ms\""),
-        ],
-    )?;
-    let suture = SutureProc::start(&cfg).await?;
+    let rig = Rig::start(&[
+        ("min_idle", "1"),
+        ("health_check_after", "\"1s\""),
+        ("health_check_timeout", "\"500ms\""),
+    ])
+    .await?;
+    let (suture, relay) = (&rig.suture, &rig.relay);
     let result = async {
-        let a = within(connect_app(&suture)).await??;
+        let a = within(connect_app(suture)).await??;
         ensure!(select_int(&a, "SELECT 1::int4").await? == 1);
         drop(a);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -134,7 +71,7 @@ async fn blackholed_pooled_connection_is_found_by_the_health_check() -> anyhow::
         tokio::time::sleep(Duration::from_secs(3)).await;
         let started = Instant::now();
         let b = tokio::time::timeout(Duration::from_secs(3), async {
-            let b = connect_app(&suture).await?;
+            let b = connect_app(suture).await?;
             let row = b.query_one("SELECT 2::int4", &[]).await?;
             Ok::<i32, tokio_postgres::Error>(row.get(0))
         })
@@ -156,7 +93,7 @@ async fn blackholed_pooled_connection_is_found_by_the_health_check() -> anyhow::
         Ok(())
     }
     .await;
-    finish(&suture, result)
+    finish(suture, result)
 }
 
 // ---------------------------------------------------------------------------
@@ -165,9 +102,7 @@ async fn blackholed_pooled_connection_is_found_by_the_health_check() -> anyhow::
 
 /// Makes every new session of user `app` read-only, as on a standby.
 async fn make_app_read_only(pg: &PgServer) -> anyhow::Result<()> {
-    let su = pg.connect("postgres", SUPERUSER_PASSWORD, "app").await?;
-    within(su.batch_execute("ALTER ROLE app SET default_transaction_read_only = on")).await??;
-    Ok(())
+    set_app_role(pg, "default_transaction_read_only = on").await
 }
 
 /// A pool that wants a primary never hands out a read-only server: the
@@ -176,7 +111,7 @@ async fn make_app_read_only(pg: &PgServer) -> anyhow::Result<()> {
 async fn read_only_server_is_refused_for_a_primary_pool() -> anyhow::Result<()> {
     let pg = PgServer::start().await?;
     make_app_read_only(&pg).await?;
-    let cfg = config(
+    let cfg = config_via(
         &pg,
         pg.port(),
         &[("role", "\"primary\""), ("failover_hold", "\"2s\"")],
@@ -210,7 +145,7 @@ async fn read_only_server_is_refused_for_a_primary_pool() -> anyhow::Result<()> 
 async fn read_only_server_serves_an_any_pool() -> anyhow::Result<()> {
     let pg = PgServer::start().await?;
     make_app_read_only(&pg).await?;
-    let cfg = config(
+    let cfg = config_via(
         &pg,
         pg.port(),
         &[("role", "\"any\""), ("failover_hold", "\"2s\"")],
@@ -239,7 +174,7 @@ async fn read_only_server_serves_an_any_pool() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_during_server_restart_is_held_and_served() -> anyhow::Result<()> {
     let pg = PgServer::start().await?;
-    let cfg = config(&pg, pg.port(), &[("min_idle", "1")])?;
+    let cfg = config_via(&pg, pg.port(), &[("min_idle", "1")])?;
     let suture = SutureProc::start(&cfg).await?;
     let result = async {
         let a = within(connect_app(&suture)).await??;
@@ -288,7 +223,7 @@ async fn login_during_server_restart_is_held_and_served() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_down_longer_than_the_hold_gives_57p03() -> anyhow::Result<()> {
     let pg = PgServer::start().await?;
-    let cfg = config(
+    let cfg = config_via(
         &pg,
         pg.port(),
         &[("min_idle", "1"), ("failover_hold", "\"2s\"")],
@@ -327,7 +262,7 @@ async fn server_down_longer_than_the_hold_gives_57p03() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_database_is_not_held() -> anyhow::Result<()> {
     let pg = PgServer::start().await?;
-    let cfg = config(&pg, pg.port(), &[("failover_hold", "\"30s\"")])?;
+    let cfg = config_via(&pg, pg.port(), &[("failover_hold", "\"30s\"")])?;
     let suture = SutureProc::start(&cfg).await?;
     let result = async {
         let started = Instant::now();

@@ -10,6 +10,7 @@
 pub(crate) mod fault_relay;
 pub(crate) mod pg_server;
 pub(crate) mod raw_client;
+pub(crate) mod rig;
 pub(crate) mod suture_proc;
 
 use std::net::TcpListener;
