@@ -11,15 +11,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
-use suture_protocol::pg::{self, Authentication, ErrorFields, TxStatus};
+use suture_protocol::pg::{self, ErrorFields, TxStatus};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::{ServerAddr, ServerRole, TlsMode};
 use crate::liveness::{Liveness, Probe};
 use crate::net::connect::{connect_tcp, ConnectError};
 use crate::net::tls::TlsError;
+use crate::postgres::backend_auth;
 use crate::postgres::context::{BackendContext, PgKey};
+use crate::postgres::discovery;
 use crate::postgres::wire::{self, WireError};
 use crate::stream::{self, StreamRead, StreamWrite};
 
@@ -242,7 +243,7 @@ async fn connect_one(
         }
         pg::encode_startup(&startup, &mut out).map_err(WireError::from)?;
         wire::write_all(&mut writer, &out, t.auth).await?;
-        authenticate(
+        backend_auth::authenticate(
             &mut reader,
             &mut writer,
             &mut rbuf,
@@ -295,159 +296,12 @@ async fn connect_one(
     Ok((conn, server))
 }
 
-/// Reads the limits and the role as they apply to this user and database (role and database
-/// settings included). `current_setting(.., true)` gives NULL on servers without the setting.
-const DISCOVERY_SQL: &str = "SELECT current_setting('idle_session_timeout', true), \
-     current_setting('idle_in_transaction_session_timeout', true), \
-     current_setting('transaction_read_only', true)";
-
-/// Parses a time setting as `current_setting` shows it (`0`, `500ms`, `1s`, `5min`, `1h`, `1d`,
-/// a bare number being milliseconds). `None` for zero or negative (disabled) and for anything
-/// unreadable.
-pub(crate) fn parse_pg_interval(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let number: i64 = digits.parse().ok()?;
-    let number = u64::try_from(number).ok().filter(|n| *n > 0)?;
-    let millis_per_unit: u64 = match unit.trim() {
-        "us" => return Some(Duration::from_micros(number)),
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    number
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-}
-
-/// The columns of one DataRow (tag `D`) as text, NULL as `None`. Every length is checked against
-/// the body, so a malformed row is an error, never a panic.
-pub(crate) fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, WireError> {
-    fn malformed(what: &'static str) -> WireError {
-        WireError::Protocol(suture_protocol::ProtocolError::Malformed(what))
-    }
-    let count = body
-        .get(..2)
-        .map(|b| i16::from_be_bytes([b[0], b[1]]))
-        .ok_or_else(|| malformed("DataRow shorter than its column count"))?;
-    let count =
-        usize::try_from(count).map_err(|_| malformed("DataRow column count is negative"))?;
-    let mut pos = 2;
-    let mut values = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = body
-            .get(pos..pos + 4)
-            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(|| malformed("DataRow column length past the end"))?;
-        pos += 4;
-        if len < 0 {
-            values.push(None);
-            continue;
-        }
-        let len = usize::try_from(len).map_err(|_| malformed("DataRow column length"))?;
-        let value = pos
-            .checked_add(len)
-            .and_then(|end| body.get(pos..end))
-            .ok_or_else(|| malformed("DataRow column value past the end"))?;
-        pos += len;
-        values.push(Some(String::from_utf8_lossy(value).into_owned()));
-    }
-    if pos != body.len() {
-        return Err(malformed("bytes after the last DataRow column"));
-    }
-    Ok(values)
-}
-
 /// The server's ErrorResponse as a login refusal.
-fn refused(body: &[u8]) -> BackendError {
+pub(super) fn refused(body: &[u8]) -> BackendError {
     match pg::parse_error_fields(body) {
         Ok(fields) => BackendError::Refused(fields),
         Err(err) => BackendError::Wire(WireError::Protocol(err)),
     }
-}
-
-/// Answers the server's authentication requests until AuthenticationOk.
-async fn authenticate(
-    reader: &mut StreamRead,
-    writer: &mut StreamWrite,
-    rbuf: &mut BytesMut,
-    max: usize,
-    user: &str,
-    password: &str,
-    limit: Duration,
-) -> Result<(), BackendError> {
-    let mut scram: Option<ScramSha256> = None;
-    loop {
-        let message = wire::read_message(reader, rbuf, max).await?;
-        match message.tag {
-            b'E' => return Err(refused(&message.body)),
-            b'R' => {}
-            other => {
-                return Err(BackendError::UnsupportedAuth(format!(
-                    "unexpected message {:?}",
-                    other as char
-                )));
-            }
-        }
-        let mut out = BytesMut::new();
-        match pg::parse_authentication(&message.body).map_err(WireError::from)? {
-            Authentication::Ok => return Ok(()),
-            Authentication::CleartextPassword => {
-                pg::encode_password(password.as_bytes(), &mut out).map_err(WireError::from)?
-            }
-            Authentication::Md5Password { salt } => {
-                let hash = postgres_protocol::authentication::md5_hash(
-                    user.as_bytes(),
-                    password.as_bytes(),
-                    salt,
-                );
-                pg::encode_password(hash.as_bytes(), &mut out).map_err(WireError::from)?;
-            }
-            Authentication::Sasl { mechanisms } => {
-                if !mechanisms.contains(&SCRAM_SHA_256) {
-                    return Err(BackendError::UnsupportedAuth(mechanisms.join(", ")));
-                }
-                // Channel binding is not used: the client side says "n" (does not support it),
-                // which servers accept with or without TLS.
-                let exchange = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                pg::encode_sasl_initial_response(SCRAM_SHA_256, exchange.message(), &mut out)
-                    .map_err(WireError::from)?;
-                scram = Some(exchange);
-            }
-            Authentication::SaslContinue(data) => {
-                let exchange = scram
-                    .as_mut()
-                    .ok_or_else(|| scram_out_of_order("SASLContinue"))?;
-                exchange
-                    .update(data)
-                    .map_err(|e| BackendError::UnsupportedAuth(format!("SCRAM: {e}")))?;
-                pg::encode_sasl_response(exchange.message(), &mut out).map_err(WireError::from)?;
-            }
-            Authentication::SaslFinal(data) => {
-                let exchange = scram
-                    .as_mut()
-                    .ok_or_else(|| scram_out_of_order("SASLFinal"))?;
-                exchange.finish(data).map_err(|e| {
-                    BackendError::UnsupportedAuth(format!("SCRAM server signature: {e}"))
-                })?;
-                continue;
-            }
-            Authentication::Other(code) => {
-                return Err(BackendError::UnsupportedAuth(format!("code {code}")))
-            }
-        }
-        wire::write_all(writer, &out, limit).await?;
-    }
-}
-
-fn scram_out_of_order(what: &str) -> BackendError {
-    BackendError::UnsupportedAuth(format!("{what} before SASL start"))
 }
 
 impl BackendConn {
@@ -532,10 +386,12 @@ impl BackendConn {
 
     /// Reads the idle limits and `transaction_read_only` into this connection.
     async fn discover(&mut self, limit: Duration, max: usize) -> Result<(), RunError> {
-        let values = self.query_values(DISCOVERY_SQL, limit, max).await?;
+        let values = self
+            .query_values(discovery::DISCOVERY_SQL, limit, max)
+            .await?;
         let value = |i: usize| values.get(i).and_then(|v| v.as_deref());
-        self.idle_limit = value(0).and_then(parse_pg_interval);
-        self.idle_in_transaction_limit = value(1).and_then(parse_pg_interval);
+        self.idle_limit = value(0).and_then(discovery::parse_pg_interval);
+        self.idle_in_transaction_limit = value(1).and_then(discovery::parse_pg_interval);
         self.read_only = value(2) == Some("on");
         Ok(())
     }
@@ -587,7 +443,9 @@ impl BackendConn {
                 b'D' => {
                     if let Some(slot) = first_row.as_deref_mut() {
                         if slot.is_none() {
-                            *slot = Some(parse_data_row(&message.body)?);
+                            *slot = Some(
+                                pg::parse_data_row_text(&message.body).map_err(WireError::from)?,
+                            );
                         }
                     }
                 }
@@ -623,66 +481,6 @@ pub(crate) enum RunError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pg_intervals() {
-        let ms = Duration::from_millis;
-        assert_eq!(parse_pg_interval("0"), None);
-        assert_eq!(parse_pg_interval("0ms"), None);
-        assert_eq!(parse_pg_interval("-1"), None);
-        assert_eq!(parse_pg_interval("250"), Some(ms(250)));
-        assert_eq!(parse_pg_interval("500ms"), Some(ms(500)));
-        assert_eq!(parse_pg_interval("1s"), Some(ms(1_000)));
-        assert_eq!(parse_pg_interval("5min"), Some(ms(300_000)));
-        assert_eq!(parse_pg_interval("1h"), Some(ms(3_600_000)));
-        assert_eq!(parse_pg_interval("1d"), Some(ms(86_400_000)));
-        assert_eq!(parse_pg_interval(" 10s "), Some(ms(10_000)));
-        assert_eq!(parse_pg_interval("10us"), Some(Duration::from_micros(10)));
-        assert_eq!(parse_pg_interval(""), None);
-        assert_eq!(parse_pg_interval("s"), None);
-        assert_eq!(parse_pg_interval("5 fortnights"), None);
-        assert_eq!(parse_pg_interval("99999999999999999999d"), None);
-    }
-
-    fn row(columns: &[Option<&[u8]>]) -> Vec<u8> {
-        let mut body = (columns.len() as i16).to_be_bytes().to_vec();
-        for column in columns {
-            match column {
-                Some(v) => {
-                    body.extend_from_slice(&(v.len() as i32).to_be_bytes());
-                    body.extend_from_slice(v);
-                }
-                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
-            }
-        }
-        body
-    }
-
-    #[test]
-    fn data_rows() {
-        let body = row(&[Some(b"5min"), None, Some(b"")]);
-        let values = parse_data_row(&body).expect("valid row");
-        assert_eq!(
-            values,
-            vec![Some("5min".to_owned()), None, Some(String::new())]
-        );
-        assert_eq!(parse_data_row(&row(&[])).expect("no columns"), vec![]);
-    }
-
-    #[test]
-    fn malformed_data_rows_are_errors() {
-        let good = row(&[Some(b"on"), Some(b"1s")]);
-        for cut in 0..good.len() {
-            assert!(parse_data_row(&good[..cut]).is_err(), "cut at {cut}");
-        }
-        let mut extra = good.clone();
-        extra.push(0);
-        assert!(parse_data_row(&extra).is_err());
-        let mut huge = 1i16.to_be_bytes().to_vec();
-        huge.extend_from_slice(&i32::MAX.to_be_bytes());
-        assert!(parse_data_row(&huge).is_err());
-        assert!(parse_data_row(&(-1i16).to_be_bytes()).is_err());
-    }
 
     #[test]
     fn role_decision() {

@@ -3,11 +3,13 @@
 
 mod aborted;
 mod backend;
+mod backend_auth;
 pub(crate) mod cancel;
 mod client_auth;
 mod client_login;
 mod command_phase;
 mod context;
+mod discovery;
 mod errors;
 mod relay;
 mod restore;

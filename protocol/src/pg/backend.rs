@@ -189,6 +189,44 @@ pub fn parse_notification_pid(body: &[u8]) -> Result<i32, ProtocolError> {
     ))
 }
 
+/// The columns of one DataRow (tag `D`) as text, NULL as `None`. Every length is checked against
+/// the body, so a malformed row is an error, never a panic.
+pub fn parse_data_row_text(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
+    fn malformed(what: &'static str) -> ProtocolError {
+        ProtocolError::Malformed(what)
+    }
+    let count = body
+        .get(..2)
+        .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        .ok_or_else(|| malformed("DataRow shorter than its column count"))?;
+    let count =
+        usize::try_from(count).map_err(|_| malformed("DataRow column count is negative"))?;
+    let mut pos = 2;
+    let mut values = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = body
+            .get(pos..pos + 4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or_else(|| malformed("DataRow column length past the end"))?;
+        pos += 4;
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| malformed("DataRow column length"))?;
+        let value = pos
+            .checked_add(len)
+            .and_then(|end| body.get(pos..end))
+            .ok_or_else(|| malformed("DataRow column value past the end"))?;
+        pos += len;
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+    }
+    if pos != body.len() {
+        return Err(malformed("bytes after the last DataRow column"));
+    }
+    Ok(values)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +359,45 @@ mod tests {
             Ok(256)
         );
         assert!(parse_notification_pid(b"\0\0\x01").is_err());
+    }
+
+    fn row(columns: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut body = (columns.len() as i16).to_be_bytes().to_vec();
+        for column in columns {
+            match column {
+                Some(v) => {
+                    body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    body.extend_from_slice(v);
+                }
+                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        body
+    }
+
+    #[test]
+    fn data_rows() {
+        let body = row(&[Some(b"5min"), None, Some(b"")]);
+        let values = parse_data_row_text(&body).expect("valid row");
+        assert_eq!(
+            values,
+            vec![Some("5min".to_owned()), None, Some(String::new())]
+        );
+        assert_eq!(parse_data_row_text(&row(&[])).expect("no columns"), vec![]);
+    }
+
+    #[test]
+    fn malformed_data_rows_are_errors() {
+        let good = row(&[Some(b"on"), Some(b"1s")]);
+        for cut in 0..good.len() {
+            assert!(parse_data_row_text(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = good.clone();
+        extra.push(0);
+        assert!(parse_data_row_text(&extra).is_err());
+        let mut huge = 1i16.to_be_bytes().to_vec();
+        huge.extend_from_slice(&i32::MAX.to_be_bytes());
+        assert!(parse_data_row_text(&huge).is_err());
+        assert!(parse_data_row_text(&(-1i16).to_be_bytes()).is_err());
     }
 }

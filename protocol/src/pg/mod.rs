@@ -18,9 +18,9 @@ mod encode_tests;
 mod proptests;
 
 pub use backend::{
-    auth_code, parse_authentication, parse_backend_key_data, parse_error_fields,
-    parse_notification_pid, parse_parameter_status, parse_ready_for_query, Authentication,
-    ErrorFields, TxStatus,
+    auth_code, parse_authentication, parse_backend_key_data, parse_data_row_text,
+    parse_error_fields, parse_notification_pid, parse_parameter_status, parse_ready_for_query,
+    Authentication, ErrorFields, TxStatus,
 };
 pub use encode::{
     encode_auth_cleartext, encode_auth_md5, encode_auth_ok, encode_auth_sasl,
