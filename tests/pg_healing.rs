@@ -423,3 +423,38 @@ async fn connect_with_notifications(
     });
     Ok((client, rx))
 }
+
+/// Notifications that arrive while Suture runs its own health check on a
+/// quiet session's backend are delivered, none lost: checks every 50 ms, a
+/// notification every 5 ms for 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_during_session_health_checks_are_not_lost() -> anyhow::Result<()> {
+    let rig = Rig::start(&[("health_check_after", "\"50ms\"")]).await?;
+    let result = async {
+        let (client, mut notes) = connect_with_notifications(rig.suture.port()).await?;
+        within(client.batch_execute("LISTEN busy_channel")).await??;
+        let su = rig.superuser().await?;
+        const SENT: usize = 400;
+        for i in 0..SENT {
+            within(su.batch_execute(&format!("NOTIFY busy_channel, '{i}'"))).await??;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut received = Vec::new();
+        while received.len() < SENT {
+            match tokio::time::timeout(Duration::from_secs(3), notes.recv()).await {
+                Ok(Some(payload)) => received.push(payload),
+                _ => break,
+            }
+        }
+        let expected: Vec<String> = (0..SENT).map(|i| i.to_string()).collect();
+        ensure!(
+            received == expected,
+            "received {} of {SENT} notifications (in order: {})",
+            received.len(),
+            received.iter().zip(&expected).all(|(a, b)| a == b)
+        );
+        Ok(())
+    }
+    .await;
+    rig.finish(result)
+}

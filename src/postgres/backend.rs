@@ -429,9 +429,22 @@ impl BackendConn {
             .await
             .map_err(WireError::Io)?;
         let mut error = None;
+        // Notifications that arrive meanwhile belong to the client: they are put back in front
+        // of the read buffer, where the relay forwards them (pid rewritten) as usual.
+        let mut notifications = BytesMut::new();
         loop {
             let message = wire::read_message(&mut self.reader, &mut self.rbuf, max).await?;
             match message.tag {
+                b'A' => {
+                    notifications.extend_from_slice(b"A");
+                    let len = u32::try_from(message.body.len() + 4).map_err(|_| {
+                        WireError::Protocol(suture_protocol::ProtocolError::Malformed(
+                            "notification too long",
+                        ))
+                    })?;
+                    notifications.extend_from_slice(&len.to_be_bytes());
+                    notifications.extend_from_slice(&message.body);
+                }
                 b'S' => {
                     let (name, value) =
                         pg::parse_parameter_status(&message.body).map_err(WireError::from)?;
@@ -452,6 +465,10 @@ impl BackendConn {
                 b'Z' => {
                     let status =
                         pg::parse_ready_for_query(&message.body).map_err(WireError::from)?;
+                    if !notifications.is_empty() {
+                        notifications.extend_from_slice(&self.rbuf);
+                        self.rbuf = notifications;
+                    }
                     return match (error, status) {
                         (Some(fields), _) => Err(RunError::Server(fields)),
                         (None, TxStatus::Idle) => Ok(()),
