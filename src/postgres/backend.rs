@@ -379,6 +379,15 @@ impl BackendConn {
         result
     }
 
+    /// Puts messages read during Suture's own queries back in front of the read buffer, where
+    /// the relay forwards them to the client.
+    pub(crate) fn requeue(&mut self, mut kept: BytesMut) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(&self.rbuf);
+            self.rbuf = kept;
+        }
+    }
+
     /// The server's idle limit for this connection (`idle_session_timeout`), if it has one.
     pub(crate) fn idle_limit(&self) -> Option<Duration> {
         self.idle_limit
@@ -435,16 +444,8 @@ impl BackendConn {
         loop {
             let message = wire::read_message(&mut self.reader, &mut self.rbuf, max).await?;
             match message.tag {
-                b'A' => {
-                    notifications.extend_from_slice(b"A");
-                    let len = u32::try_from(message.body.len() + 4).map_err(|_| {
-                        WireError::Protocol(suture_protocol::ProtocolError::Malformed(
-                            "notification too long",
-                        ))
-                    })?;
-                    notifications.extend_from_slice(&len.to_be_bytes());
-                    notifications.extend_from_slice(&message.body);
-                }
+                b'A' => keep_message(&mut notifications, &message)?,
+
                 b'S' => {
                     let (name, value) =
                         pg::parse_parameter_status(&message.body).map_err(WireError::from)?;
@@ -465,10 +466,7 @@ impl BackendConn {
                 b'Z' => {
                     let status =
                         pg::parse_ready_for_query(&message.body).map_err(WireError::from)?;
-                    if !notifications.is_empty() {
-                        notifications.extend_from_slice(&self.rbuf);
-                        self.rbuf = notifications;
-                    }
+                    self.requeue(notifications);
                     return match (error, status) {
                         (Some(fields), _) => Err(RunError::Server(fields)),
                         (None, TxStatus::Idle) => Ok(()),
@@ -479,6 +477,19 @@ impl BackendConn {
             }
         }
     }
+}
+
+/// Appends a whole message (header rebuilt) to `out`, to be relayed later.
+pub(crate) fn keep_message(out: &mut BytesMut, message: &pg::Message) -> Result<(), WireError> {
+    let len = u32::try_from(message.body.len() + 4).map_err(|_| {
+        WireError::Protocol(suture_protocol::ProtocolError::Malformed(
+            "message too long",
+        ))
+    })?;
+    out.extend_from_slice(&[message.tag]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&message.body);
+    Ok(())
 }
 
 /// Why a query Suture issued on its own failed.

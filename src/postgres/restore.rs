@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use suture_protocol::pg::{self, TxStatus};
 use tokio::io::AsyncWriteExt;
 
-use crate::postgres::backend::{BackendConn, RunError};
+use crate::postgres::backend::{keep_message, BackendConn, RunError};
 use crate::postgres::session_state::SessionState;
 use crate::postgres::wire::{self, WireError};
 
@@ -56,9 +56,11 @@ async fn reprepare(
     conn.writer.flush().await.map_err(WireError::Io)?;
     let mut error = None;
     let mut ready = 0;
+    let mut notifications = BytesMut::new();
     while ready < count {
         let message = wire::read_message(&mut conn.reader, &mut conn.rbuf, max).await?;
         match message.tag {
+            b'A' => keep_message(&mut notifications, &message)?,
             b'E' => error = Some(pg::parse_error_fields(&message.body).map_err(WireError::from)?),
             b'Z' => {
                 ready += 1;
@@ -71,6 +73,7 @@ async fn reprepare(
             _ => {}
         }
     }
+    conn.requeue(notifications);
     match error {
         Some(fields) => Err(RunError::Server(fields)),
         None => Ok(()),
