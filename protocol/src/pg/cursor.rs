@@ -50,11 +50,7 @@ impl<'a> Cursor<'a> {
 
     /// Reads a NUL-terminated string and returns it without the NUL.
     pub(crate) fn read_cstr(&mut self, what: &'static str) -> Result<&'a [u8], ProtocolError> {
-        let nul = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(ProtocolError::Malformed(what))?;
+        let nul = memchr::memchr(0, self.buf).ok_or(ProtocolError::Malformed(what))?;
         let (s, tail) = self.buf.split_at(nul);
         // `tail` starts with the NUL found above.
         self.buf = tail.get(1..).unwrap_or_default();

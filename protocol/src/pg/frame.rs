@@ -1,7 +1,7 @@
 //! Tagged message framing: the 5-byte header (tag byte, int32 length) used by every message after
 //! the startup packet, in both directions.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::cursor::peek_i32;
 use crate::ProtocolError;
@@ -81,8 +81,9 @@ pub fn split_message(
         buf.reserve(header.len - buf.len());
         return Ok(None);
     }
-    let mut frame = buf.split_to(header.len).freeze();
-    let body = frame.split_off(HEADER_LEN);
+    let mut body = buf.split_to(header.len).freeze();
+    // Dropping the header by advancing keeps one reference-counted handle per message.
+    body.advance(HEADER_LEN);
     Ok(Some(Message {
         tag: header.tag,
         body,
