@@ -18,13 +18,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::liveness::{Liveness, Probe};
 use crate::postgres::session_state::classify;
-use crate::postgres::tracker::{
-    executes_nothing, may_change_session, may_commit, may_taint_session, Shared,
-};
+use crate::postgres::tracker::{Lowered, Shared};
 use crate::postgres::wire::WireError;
 
 /// Held (unsent) extended-protocol bytes above this are sent without waiting for Sync.
 const MAX_HELD_BATCH: usize = 1024 * 1024;
+/// A backend quiet for less than this is written to without the pre-write check: a fault in
+/// that window is caught by the backend direction's read like any other loss.
+const PRE_WRITE_CHECK_AFTER: Duration = Duration::from_millis(100);
 /// How often the pre-write check lets the backend direction read what is waiting.
 const PRE_WRITE_YIELDS: usize = 4;
 /// Reads ask for at least this much room in the client buffer.
@@ -71,12 +72,12 @@ pub(crate) struct BackendWatch<'a> {
     pub(crate) boundary: &'a ClientBoundary,
 }
 
-/// Sleeps until `at`, or forever when there is no deadline.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
+/// A deadline far enough away to mean "never" (tokio timers need an instant).
+const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `at`, or a far-away instant when there is no deadline.
+fn far_or(at: Option<Instant>) -> tokio::time::Instant {
+    at.unwrap_or_else(|| Instant::now() + FAR).into()
 }
 
 /// How long to wait before looking again when a rotation is due but the session is busy.
@@ -110,7 +111,14 @@ where
     B: AsyncWrite + Unpin,
 {
     let probe = watch.probe;
-    let mut retire_at = watch.retire_at;
+    // Both timers live across requests: re-arming a timer per request would cost a timer-wheel
+    // insert and removal on every round trip. The health-check timer is pushed back lazily,
+    // when it fires early, from the time of the client's last read.
+    let rotation = tokio::time::sleep_until(far_or(watch.retire_at));
+    let health_check =
+        tokio::time::sleep_until(far_or(watch.check_after.map(|d| Instant::now() + d)));
+    tokio::pin!(rotation, health_check);
+    let mut last_read = Instant::now();
     let mut scanner = Scanner::for_client(limits.max_message_size);
     // cbuf[..scanned] has been walked; cbuf[..flush_to] may be sent.
     let mut scanned = 0;
@@ -169,20 +177,26 @@ where
         cbuf.reserve(CLIENT_READ_CHUNK);
         // Reading is the one point where nothing of ours is half done: read_buf is cancel-safe
         // and nothing is held for the backend. Rotation and the health check happen only here.
-        let check_at = watch.check_after.map(|after| Instant::now() + after);
-        let read = match (retire_at, check_at) {
+        let read = match (watch.retire_at, watch.check_after) {
             (None, None) => client.read_buf(cbuf).await,
             _ if scanned != 0 => client.read_buf(cbuf).await,
-            (retire, check) => tokio::select! {
+            (_, check_after) => tokio::select! {
                 read = client.read_buf(cbuf) => read,
-                () = sleep_until(retire) => {
+                () = &mut rotation => {
                     if cbuf.is_empty() && watch.boundary.at_boundary() && shared.lock().at_rest() {
                         return RelayEnd::Rotate;
                     }
-                    retire_at = Some(Instant::now() + ROTATION_RETRY);
+                    rotation.as_mut().reset((Instant::now() + ROTATION_RETRY).into());
                     continue;
                 }
-                () = sleep_until(check) => {
+                () = &mut health_check => {
+                    let after = check_after.unwrap_or(FAR);
+                    let due = last_read + after;
+                    if Instant::now() < due {
+                        health_check.as_mut().reset(due.into());
+                        continue;
+                    }
+                    health_check.as_mut().reset((Instant::now() + after).into());
                     if !cbuf.is_empty() || !watch.boundary.at_boundary() {
                         continue;
                     }
@@ -199,6 +213,9 @@ where
                 }
             },
         };
+        if watch.check_after.is_some() {
+            last_read = Instant::now();
+        }
         match read {
             Ok(0) => return RelayEnd::ClientGone(WireError::Closed),
             Ok(_) => {}
@@ -217,10 +234,11 @@ fn note_client_message(tag: u8, message: &[u8], shared: &Shared) -> bool {
             let mut tracker = shared.lock();
             match pg::parse_parse_message(body) {
                 Ok((name, sql)) => {
-                    tracker.dirty |= !name.is_empty() || may_change_session(sql);
+                    let lower = Lowered::new(sql);
+                    tracker.dirty |= !name.is_empty() || lower.may_change_session();
                     // State statements through the extended protocol are not tracked.
-                    tracker.tainted |= classify(sql).is_some() || may_taint_session(sql);
-                    tracker.may_commit |= may_commit(sql);
+                    tracker.tainted |= classify(sql).is_some() || lower.may_taint_session();
+                    tracker.may_commit |= lower.may_commit();
                     let named = (!name.is_empty())
                         .then(|| (name.to_owned(), Bytes::copy_from_slice(message)));
                     tracker.parse_sent(named);
@@ -255,16 +273,18 @@ fn note_client_message(tag: u8, message: &[u8], shared: &Shared) -> bool {
         b'Q' => {
             let sql = pg::parse_query(body).ok();
             let op = sql.and_then(classify);
+            let lower = sql.map(Lowered::new);
+            let lower = lower.as_ref();
             let mut tracker = shared.lock();
-            tracker.dirty |= sql.is_none_or(may_change_session);
-            tracker.may_commit |= sql.is_none_or(may_commit);
+            tracker.dirty |= lower.is_none_or(Lowered::may_change_session);
+            tracker.may_commit |= lower.is_none_or(Lowered::may_commit);
             if op.is_some() && tracker.tx_status != TxStatus::Idle {
                 tracker.tainted = true;
             }
             if op.is_none() {
-                tracker.tainted |= sql.is_none_or(may_taint_session);
+                tracker.tainted |= lower.is_none_or(Lowered::may_taint_session);
             }
-            tracker.side_effect_free &= sql.is_some_and(executes_nothing);
+            tracker.side_effect_free &= lower.is_some_and(Lowered::executes_nothing);
             tracker.request_sent(op);
             true
         }
@@ -292,7 +312,7 @@ async fn send_requests<B: AsyncWrite + Unpin>(
     shared: &Shared,
     limit: Duration,
 ) -> Result<(), WireError> {
-    if shared.lock().bytes_to_backend == 0 {
+    if shared.lock().wants_pre_write_check(PRE_WRITE_CHECK_AFTER) {
         // Bytes waiting on an idle backend are read by the other direction first: an
         // unsolicited FATAL (57P01, 57P05) then ends the relay before this request is written,
         // so it can go to a new backend. Both directions run in one task, so yielding lets it.

@@ -37,8 +37,26 @@ pub(crate) enum StateOp {
 }
 
 /// Recognises a single statement that changes restorable state; `None` for anything else.
+/// First words of the statements [`classify`] recognises.
+const STATE_VERBS: [&str; 6] = [
+    "set",
+    "reset",
+    "listen",
+    "unlisten",
+    "deallocate",
+    "discard",
+];
+
 pub(crate) fn classify(sql: &str) -> Option<StateOp> {
     let text = sql.trim().trim_end_matches(';').trim_end();
+    // Most statements are none of these: tell from the first word without allocating.
+    let first = text.split_whitespace().next().unwrap_or_default();
+    if !STATE_VERBS
+        .iter()
+        .any(|verb| first.eq_ignore_ascii_case(verb))
+    {
+        return None;
+    }
     if text.contains(';') {
         return None;
     }

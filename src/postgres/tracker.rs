@@ -4,6 +4,7 @@
 //! backend needs a reset before reuse). Healing decides from this; the relay only records.
 
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use std::collections::VecDeque;
 
@@ -71,6 +72,9 @@ pub(crate) struct Tracker {
     /// Nothing sent since the last ReadyForQuery executes anything (no Query, Execute,
     /// FunctionCall).
     pub(crate) side_effect_free: bool,
+    /// When the backend last answered every request sent to it (None: not since this backend
+    /// took over). The pre-write check runs only after it has been idle a while.
+    pub(crate) answered_at: Option<Instant>,
 }
 
 impl Default for Tracker {
@@ -96,6 +100,7 @@ impl Default for Tracker {
             side_effect_free: true,
             replays: 0,
             in_write: 0,
+            answered_at: None,
         }
     }
 }
@@ -192,6 +197,7 @@ impl Tracker {
         self.clear_in_flight();
         self.fatal_code = None;
         self.unsolicited_fatal = None;
+        self.answered_at = None;
     }
 
     /// A ReadyForQuery came back.
@@ -212,7 +218,16 @@ impl Tracker {
             self.pending_parses.clear();
             self.clear_in_flight();
             self.replays = 0;
+            self.answered_at = Some(Instant::now());
         }
+    }
+
+    /// Whether the next write should be preceded by the pre-write check (DESIGN §5): it is
+    /// the first of a request, and the backend has been idle for at least `quiet` (or its
+    /// history is unknown). A backend that answered a moment ago is not peeked at, which
+    /// keeps back-to-back requests at one read and one write each way.
+    pub(crate) fn wants_pre_write_check(&self, quiet: Duration) -> bool {
+        self.bytes_to_backend == 0 && self.answered_at.is_none_or(|at| at.elapsed() >= quiet)
     }
 
     /// Nothing is in flight any more: drop what was kept about the last requests.
@@ -251,19 +266,9 @@ pub(crate) fn lowercase_statement(sql: &str) -> String {
 
 /// Whether running `sql` twice is the same as running it once, as far as anyone can tell:
 /// opening a transaction block or showing a setting.
+#[cfg(test)]
 pub(crate) fn executes_nothing(sql: &str) -> bool {
-    let lower = lowercase_statement(sql);
-    let words: Vec<&str> = lower.split_whitespace().collect();
-    matches!(
-        words.as_slice(),
-        ["begin"] | ["begin", "work" | "transaction"] | ["start", "transaction"] | ["show", _]
-    )
-}
-
-/// Whether `sql` may commit a transaction (so a lost reply means "outcome unknown").
-pub(crate) fn may_commit(sql: &str) -> bool {
-    let lower = sql.trim_start().to_ascii_lowercase();
-    lower.starts_with("end") || lower.contains("commit")
+    Lowered::new(sql).executes_nothing()
 }
 
 /// Statement starts that leave session state behind.
@@ -296,8 +301,51 @@ const TAINTING_ANYWHERE: &[&str] = &[
 
 /// Whether `sql` may create session state that cannot be rebuilt on a new backend. Plain
 /// reads and writes (SELECT, INSERT, UPDATE, DELETE, DDL on real tables) do not.
+#[cfg(test)]
 pub(crate) fn may_taint_session(sql: &str) -> bool {
-    let lower = sql.trim_start().to_ascii_lowercase();
+    Lowered::new(sql).may_taint_session()
+}
+
+/// A statement's text in ASCII lower case, made once per message and shared by every
+/// classifier (lowering keeps byte positions, so trimming works the same on it).
+pub(crate) struct Lowered(String);
+
+impl Lowered {
+    pub(crate) fn new(sql: &str) -> Lowered {
+        Lowered(sql.to_ascii_lowercase())
+    }
+
+    /// The same as the function `executes_nothing` on the original text.
+    pub(crate) fn executes_nothing(&self) -> bool {
+        let mut words = self.0.trim().trim_end_matches(';').split_whitespace();
+        let first = [words.next(), words.next(), words.next()];
+        matches!(
+            first,
+            [Some("begin"), None, None]
+                | [Some("begin"), Some("work" | "transaction"), None]
+                | [Some("start"), Some("transaction"), None]
+                | [Some("show"), Some(_), None]
+        )
+    }
+
+    /// Whether the statement may commit a transaction (so a lost reply means "outcome
+    /// unknown").
+    pub(crate) fn may_commit(&self) -> bool {
+        self.0.trim_start().starts_with("end") || self.0.contains("commit")
+    }
+
+    /// The same as the function `may_taint_session` on the original text.
+    pub(crate) fn may_taint_session(&self) -> bool {
+        tainting(self.0.trim_start())
+    }
+
+    /// The same as the function `may_change_session` on the original text.
+    pub(crate) fn may_change_session(&self) -> bool {
+        changes_session(&self.0)
+    }
+}
+
+fn tainting(lower: &str) -> bool {
     let starts = TAINTING_STARTS.iter().any(|start| {
         lower.starts_with(start)
             && lower[start.len()..]
@@ -329,23 +377,22 @@ const STATEFUL_MARKERS: &[&str] = &[
 
 /// Whether running `sql` might leave session state behind (SET, PREPARE, LISTEN, temp tables,
 /// advisory locks, ...). Conservative: anything but a plain SELECT/VALUES/SHOW counts.
+#[cfg(test)]
 pub(crate) fn may_change_session(sql: &str) -> bool {
-    let trimmed = sql.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
-    let head: String = trimmed
-        .chars()
-        .take(7)
-        .collect::<String>()
-        .to_ascii_lowercase();
+    Lowered::new(sql).may_change_session()
+}
+
+fn changes_session(lower: &str) -> bool {
+    let head = lower.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
     let read_only =
         head.starts_with("select") || head.starts_with("values") || head.starts_with("show");
     if !read_only {
         return true;
     }
-    if sql.trim_end().trim_end_matches(';').contains(';') {
+    if lower.trim_end().trim_end_matches(';').contains(';') {
         // Several statements: judge conservatively rather than split SQL here.
         return true;
     }
-    let lower = sql.to_ascii_lowercase();
     STATEFUL_MARKERS.iter().any(|marker| lower.contains(marker))
 }
 
