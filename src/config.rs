@@ -31,6 +31,8 @@ pub mod defaults {
 
     /// `admin.listen`.
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9187";
+    /// `runtime.worker_threads`: one thread, see [`RuntimeConfig`](super::RuntimeConfig).
+    pub const WORKER_THREADS: usize = 1;
     /// `log.level`.
     pub const LOG_LEVEL: &str = "info";
     /// `pools.*.min_idle`.
@@ -88,7 +90,20 @@ pub mod defaults {
 pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub runtime: RuntimeConfig,
     pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// `[runtime]`: the threads Suture's event loop runs on.
+///
+/// One thread (the default) runs every session on a single-threaded event loop, as PgBouncer
+/// does: a sidecar shares its pod's CPUs with the application, relaying is dominated by
+/// system calls and wake-ups, and a second thread mostly adds cross-thread wake-ups (see
+/// docs/performance.md). More threads use a work-stealing runtime; 0 means one per CPU the
+/// process may use (cgroup limits included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    pub worker_threads: usize,
 }
 
 /// `[admin]`: the HTTP port for `/metrics`, `/healthz` and `/readyz`.

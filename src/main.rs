@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use suture::config::{Config, ConfigError, LogConfig, LogFormat};
+use suture::config::{Config, ConfigError, LogConfig, LogFormat, RuntimeConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -99,12 +99,28 @@ fn run(path: &Path) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "starting suture"
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let runtime = build_runtime(&config.runtime).context("cannot start the tokio runtime")?;
     runtime.block_on(suture::server::run(config))?;
     Ok(())
+}
+
+/// The event loop `[runtime]` asks for: single-threaded for one worker, work-stealing for more.
+fn build_runtime(settings: &RuntimeConfig) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = match settings.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    tracing::info!(worker_threads = workers, "event loop");
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
 }
 
 /// Text or JSON lines on stderr; `RUST_LOG`, when set, overrides `log.level`.

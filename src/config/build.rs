@@ -11,11 +11,11 @@ use std::time::Duration;
 use config::{Map, Value, ValueKind};
 use serde::de::DeserializeOwned;
 
-use super::raw::{RawAdmin, RawLog, RawPool, RawRoot, RawUser, ENV_ORIGIN};
+use super::raw::{RawAdmin, RawLog, RawPool, RawRoot, RawRuntime, RawUser, ENV_ORIGIN};
 use super::{
     defaults, AdminConfig, ClientAuthMethod, Config, Limits, LogConfig, LogFormat, PoolConfig,
-    PoolSizes, Problem, Problems, Protocol, Secret, ServerAddr, ServerRole, Timeouts, TlsMode,
-    TlsSettings, UserConfig,
+    PoolSizes, Problem, Problems, Protocol, RuntimeConfig, Secret, ServerAddr, ServerRole,
+    Timeouts, TlsMode, TlsSettings, UserConfig,
 };
 
 const PASSWORD_KEYS: [&str; 3] = ["password", "password_env", "password_file"];
@@ -173,11 +173,17 @@ pub(super) fn build(
 
     let admin = build_admin(&mut c, tree.remove("admin"));
     let log = build_log(&mut c, tree.remove("log"));
+    let runtime = build_runtime(&mut c, tree.remove("runtime"));
     let pools = build_pools(&mut c, tree.remove("pools"), env);
     check_listen_conflicts(&mut c, &admin, &pools);
 
     if c.problems.is_empty() {
-        Ok(Config { admin, log, pools })
+        Ok(Config {
+            admin,
+            log,
+            runtime,
+            pools,
+        })
     } else {
         Err(Problems(c.problems))
     }
@@ -208,6 +214,24 @@ fn build_log(c: &mut Checker, value: Option<Value>) -> LogConfig {
         level,
     }
 }
+
+fn build_runtime(c: &mut Checker, value: Option<Value>) -> RuntimeConfig {
+    let raw = value
+        .and_then(|v| c.table("runtime", v))
+        .and_then(|t| c.section::<RawRuntime>("runtime", t))
+        .unwrap_or_default();
+    let worker_threads = raw.worker_threads.unwrap_or(defaults::WORKER_THREADS);
+    if worker_threads > MAX_WORKER_THREADS {
+        c.add(
+            "runtime.worker_threads",
+            format!("{worker_threads} is more than {MAX_WORKER_THREADS}"),
+        );
+    }
+    RuntimeConfig { worker_threads }
+}
+
+/// More event-loop threads than this is a typo, not a setting.
+const MAX_WORKER_THREADS: usize = 256;
 
 fn parse_listen(c: &mut Checker, key: &str, text: &str) -> SocketAddr {
     text.parse().unwrap_or_else(|_| {

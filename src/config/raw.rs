@@ -53,6 +53,8 @@ pub(super) struct RawRoot {
     #[serde(default)]
     pub(super) log: Option<IgnoredAny>,
     #[serde(default)]
+    pub(super) runtime: Option<IgnoredAny>,
+    #[serde(default)]
     pub(super) pools: Option<IgnoredAny>,
 }
 
@@ -67,6 +69,12 @@ pub(super) struct RawAdmin {
 pub(super) struct RawLog {
     pub(super) format: Option<LogFormat>,
     pub(super) level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRuntime {
+    pub(super) worker_threads: Option<usize>,
 }
 
 /// `[pools.NAME]` without its `users` table.

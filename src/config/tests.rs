@@ -98,6 +98,7 @@ fn defaults_apply() -> Result<(), ConfigError> {
     assert_eq!(config.admin.listen, "127.0.0.1:9187".parse().expect("addr"));
     assert_eq!(config.log.format, LogFormat::Text);
     assert_eq!(config.log.level, "info");
+    assert_eq!(config.runtime.worker_threads, 1);
     let app = pool(&config);
     assert_eq!(app.protocol, Protocol::Postgres);
     assert_eq!(
@@ -154,6 +155,8 @@ listen = "[::1]:9000"
 [log]
 format = "json"
 level = "suture=debug,info"
+[runtime]
+worker_threads = 0
 [pools.app]
 protocol = "mysql"
 listen = "127.0.0.1:3307"
@@ -191,6 +194,7 @@ password = "x"
     assert_eq!(config.admin.listen, "[::1]:9000".parse().expect("addr"));
     assert_eq!(config.log.format, LogFormat::Json);
     assert_eq!(config.log.level, "suture=debug,info");
+    assert_eq!(config.runtime.worker_threads, 0);
     let app = pool(&config);
     assert_eq!(app.protocol, Protocol::Mysql);
     assert_eq!(app.servers.len(), 3);
@@ -579,6 +583,19 @@ fn duplicate_listen_addresses() {
 fn uppercase_pool_names_are_rejected() {
     let list = problems(&MINIMAL.replace("pools.app", "pools.App"), &[]);
     assert!(has(&list, "pools.App", "lowercase"), "{list:?}");
+}
+
+#[test]
+fn bad_worker_threads() {
+    let list = problems(&format!("[runtime]\nworker_threads = 1000\n{MINIMAL}"), &[]);
+    assert!(
+        has(&list, "runtime.worker_threads", "more than"),
+        "{list:?}"
+    );
+    let list = problems(&format!("[runtime]\nworkers = 2\n{MINIMAL}"), &[]);
+    assert!(has(&list, "runtime.workers", "unknown key"), "{list:?}");
+    let list = problems(MINIMAL, &[("SUTURE__RUNTIME__WORKER_THREADS", "two")]);
+    assert!(has(&list, "runtime.worker_threads", ""), "{list:?}");
 }
 
 #[test]
