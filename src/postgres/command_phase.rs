@@ -237,9 +237,12 @@ impl CommandPhase<'_> {
             side,
             self.limits,
         );
+        // The backend direction is polled first: whatever the backend sent while the session
+        // was quiet (an unsolicited FATAL, a FIN) is seen before a new request is written.
         tokio::select! {
-            end = up => end,
+            biased;
             end = down => end,
+            end = up => end,
         }
     }
 

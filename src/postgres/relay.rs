@@ -30,8 +30,10 @@ const PRE_WRITE_CHECK_AFTER: Duration = Duration::from_millis(100);
 const PRE_WRITE_YIELDS: usize = 4;
 /// Reads ask for at least this much room in the client buffer.
 const CLIENT_READ_CHUNK: usize = 8 * 1024;
-/// Reads ask for at least this much room in the backend buffer (results are larger).
-const BACKEND_READ_CHUNK: usize = 32 * 1024;
+/// Reads from the backend ask for this much room at first and when replies are small.
+const BACKEND_READ_MIN: usize = 8 * 1024;
+/// ... and up to this much while a large result streams (fewer, larger reads and writes).
+const BACKEND_READ_MAX: usize = 256 * 1024;
 
 /// Limits a relay runs under.
 #[derive(Clone, Copy, Debug)]
@@ -382,6 +384,7 @@ where
     C: AsyncWrite + Unpin,
 {
     let mut scanner = Scanner::new(limits.max_message_size);
+    let mut read_size = ReadSize::default();
     loop {
         let mut pos = 0;
         // End of the last ReadyForQuery in this batch: bytes after it belong to the next request.
@@ -427,11 +430,48 @@ where
             shared.lock().bytes_to_client += (pos - ready_end) as u64;
             bbuf.advance(pos);
         }
-        bbuf.reserve(BACKEND_READ_CHUNK);
+        read_size.prepare(bbuf);
+        let room = bbuf.capacity() - bbuf.len();
         match backend.read_buf(bbuf).await {
             Ok(0) => return RelayEnd::BackendGone(WireError::Closed),
-            Ok(_) => {}
+            Ok(n) => read_size.record(n, room),
             Err(err) => return RelayEnd::BackendGone(WireError::Io(err)),
+        }
+    }
+}
+
+/// How much room the next backend read gets: it doubles while reads fill the buffer (a large
+/// result streaming) and halves back when replies are small, so an idle session holds a small
+/// buffer and a streaming one makes few system calls.
+#[derive(Debug)]
+struct ReadSize {
+    size: usize,
+}
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize {
+            size: BACKEND_READ_MIN,
+        }
+    }
+}
+
+impl ReadSize {
+    /// Makes room in `buf` for the next read, giving back a large allocation once the buffer is
+    /// empty and reads are small again.
+    fn prepare(&self, buf: &mut BytesMut) {
+        if buf.is_empty() && buf.capacity() > 4 * self.size {
+            *buf = BytesMut::new();
+        }
+        buf.reserve(self.size);
+    }
+
+    /// A read returned `n` bytes into `room` bytes of space.
+    fn record(&mut self, n: usize, room: usize) {
+        if n >= room {
+            self.size = (self.size * 2).min(BACKEND_READ_MAX);
+        } else if n < self.size / 4 {
+            self.size = (self.size / 2).max(BACKEND_READ_MIN);
         }
     }
 }
