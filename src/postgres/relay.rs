@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::liveness::{Liveness, Probe};
 use crate::postgres::session_state::classify;
-use crate::postgres::tracker::{Lowered, Shared};
+use crate::postgres::tracker::{Shared, Statement};
 use crate::postgres::wire::WireError;
 
 /// Held (unsent) extended-protocol bytes above this are sent without waiting for Sync.
@@ -236,11 +236,11 @@ fn note_client_message(tag: u8, message: &[u8], shared: &Shared) -> bool {
             let mut tracker = shared.lock();
             match pg::parse_parse_message(body) {
                 Ok((name, sql)) => {
-                    let lower = Lowered::new(sql);
-                    tracker.dirty |= !name.is_empty() || lower.may_change_session();
+                    let statement = Statement::new(sql);
+                    tracker.dirty |= !name.is_empty() || statement.may_change_session();
                     // State statements through the extended protocol are not tracked.
-                    tracker.tainted |= classify(sql).is_some() || lower.may_taint_session();
-                    tracker.may_commit |= lower.may_commit();
+                    tracker.tainted |= classify(sql).is_some() || statement.may_taint_session();
+                    tracker.may_commit |= statement.may_commit();
                     let named = (!name.is_empty())
                         .then(|| (name.to_owned(), Bytes::copy_from_slice(message)));
                     tracker.parse_sent(named);
@@ -275,18 +275,18 @@ fn note_client_message(tag: u8, message: &[u8], shared: &Shared) -> bool {
         b'Q' => {
             let sql = pg::parse_query(body).ok();
             let op = sql.and_then(classify);
-            let lower = sql.map(Lowered::new);
-            let lower = lower.as_ref();
+            let statement = sql.map(Statement::new);
+            let statement = statement.as_ref();
             let mut tracker = shared.lock();
-            tracker.dirty |= lower.is_none_or(Lowered::may_change_session);
-            tracker.may_commit |= lower.is_none_or(Lowered::may_commit);
+            tracker.dirty |= statement.is_none_or(Statement::may_change_session);
+            tracker.may_commit |= statement.is_none_or(Statement::may_commit);
             if op.is_some() && tracker.tx_status != TxStatus::Idle {
                 tracker.tainted = true;
             }
             if op.is_none() {
-                tracker.tainted |= lower.is_none_or(Lowered::may_taint_session);
+                tracker.tainted |= statement.is_none_or(Statement::may_taint_session);
             }
-            tracker.side_effect_free &= lower.is_some_and(Lowered::executes_nothing);
+            tracker.side_effect_free &= statement.is_some_and(Statement::executes_nothing);
             tracker.request_sent(op);
             true
         }

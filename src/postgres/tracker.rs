@@ -3,7 +3,9 @@
 //! the client, the transaction status, and whether the client changed session state (so the
 //! backend needs a reset before reuse). Healing decides from this; the relay only records.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+use aho_corasick::AhoCorasick;
 use std::time::{Duration, Instant};
 
 use std::collections::VecDeque;
@@ -268,7 +270,21 @@ pub(crate) fn lowercase_statement(sql: &str) -> String {
 /// opening a transaction block or showing a setting.
 #[cfg(test)]
 pub(crate) fn executes_nothing(sql: &str) -> bool {
-    Lowered::new(sql).executes_nothing()
+    Statement::new(sql).executes_nothing()
+}
+
+/// Whether `sql` may create session state that cannot be rebuilt on a new backend. Plain
+/// reads and writes (SELECT, INSERT, UPDATE, DELETE, DDL on real tables) do not.
+#[cfg(test)]
+pub(crate) fn may_taint_session(sql: &str) -> bool {
+    Statement::new(sql).may_taint_session()
+}
+
+/// Whether running `sql` might leave session state behind (SET, PREPARE, LISTEN, temp tables,
+/// advisory locks, ...). Conservative: anything but a plain SELECT/VALUES/SHOW counts.
+#[cfg(test)]
+pub(crate) fn may_change_session(sql: &str) -> bool {
+    Statement::new(sql).may_change_session()
 }
 
 /// Statement starts that leave session state behind.
@@ -298,68 +314,6 @@ const TAINTING_ANYWHERE: &[&str] = &[
     "with hold",
     "currval",
 ];
-
-/// Whether `sql` may create session state that cannot be rebuilt on a new backend. Plain
-/// reads and writes (SELECT, INSERT, UPDATE, DELETE, DDL on real tables) do not.
-#[cfg(test)]
-pub(crate) fn may_taint_session(sql: &str) -> bool {
-    Lowered::new(sql).may_taint_session()
-}
-
-/// A statement's text in ASCII lower case, made once per message and shared by every
-/// classifier (lowering keeps byte positions, so trimming works the same on it).
-pub(crate) struct Lowered(String);
-
-impl Lowered {
-    pub(crate) fn new(sql: &str) -> Lowered {
-        Lowered(sql.to_ascii_lowercase())
-    }
-
-    /// The same as the function `executes_nothing` on the original text.
-    pub(crate) fn executes_nothing(&self) -> bool {
-        let mut words = self.0.trim().trim_end_matches(';').split_whitespace();
-        let first = [words.next(), words.next(), words.next()];
-        matches!(
-            first,
-            [Some("begin"), None, None]
-                | [Some("begin"), Some("work" | "transaction"), None]
-                | [Some("start"), Some("transaction"), None]
-                | [Some("show"), Some(_), None]
-        )
-    }
-
-    /// Whether the statement may commit a transaction (so a lost reply means "outcome
-    /// unknown").
-    pub(crate) fn may_commit(&self) -> bool {
-        self.0.trim_start().starts_with("end") || self.0.contains("commit")
-    }
-
-    /// The same as the function `may_taint_session` on the original text.
-    pub(crate) fn may_taint_session(&self) -> bool {
-        tainting(self.0.trim_start())
-    }
-
-    /// The same as the function `may_change_session` on the original text.
-    pub(crate) fn may_change_session(&self) -> bool {
-        changes_session(&self.0)
-    }
-}
-
-fn tainting(lower: &str) -> bool {
-    let starts = TAINTING_STARTS.iter().any(|start| {
-        lower.starts_with(start)
-            && lower[start.len()..]
-                .chars()
-                .next()
-                .is_none_or(|c| !c.is_alphanumeric() && c != '_')
-    });
-    starts
-        || lower.contains(';') && lower.trim_end().trim_end_matches(';').contains(';')
-        || TAINTING_ANYWHERE
-            .iter()
-            .any(|marker| lower.contains(marker))
-}
-
 /// Words which, anywhere in a read-only looking statement, may still change session state.
 const STATEFUL_MARKERS: &[&str] = &[
     "set_config",
@@ -374,26 +328,98 @@ const STATEFUL_MARKERS: &[&str] = &[
     "temp",
     "currval",
 ];
+/// A word that makes a statement one that may commit.
+const COMMIT: &str = "commit";
 
-/// Whether running `sql` might leave session state behind (SET, PREPARE, LISTEN, temp tables,
-/// advisory locks, ...). Conservative: anything but a plain SELECT/VALUES/SHOW counts.
-#[cfg(test)]
-pub(crate) fn may_change_session(sql: &str) -> bool {
-    Lowered::new(sql).may_change_session()
+/// Bits of [`Statement::markers`]: one per pattern, in the order the automaton is built.
+const STATEFUL_BITS: u32 = (1 << STATEFUL_MARKERS.len()) - 1;
+const TAINTING_BITS: u32 = ((1 << TAINTING_ANYWHERE.len()) - 1) << STATEFUL_MARKERS.len();
+const COMMIT_BIT: u32 = 1 << (STATEFUL_MARKERS.len() + TAINTING_ANYWHERE.len());
+
+/// Every marker word, found in one case-insensitive pass over a statement.
+static MARKERS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    let patterns = STATEFUL_MARKERS
+        .iter()
+        .chain(TAINTING_ANYWHERE)
+        .chain([&COMMIT]);
+    AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(patterns)
+        .expect("fixed marker patterns always build")
+});
+
+/// One statement as the classifiers see it: its text and which marker words it contains,
+/// found once per message in a single pass, without copying or lowering the text.
+pub(crate) struct Statement<'a> {
+    text: &'a str,
+    markers: u32,
 }
 
-fn changes_session(lower: &str) -> bool {
-    let head = lower.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
-    let read_only =
-        head.starts_with("select") || head.starts_with("values") || head.starts_with("show");
-    if !read_only {
-        return true;
+impl<'a> Statement<'a> {
+    pub(crate) fn new(text: &'a str) -> Statement<'a> {
+        let mut markers = 0;
+        for found in MARKERS.find_overlapping_iter(text) {
+            markers |= 1 << found.pattern().as_u32();
+        }
+        Statement { text, markers }
     }
-    if lower.trim_end().trim_end_matches(';').contains(';') {
+
+    /// The same as the function `executes_nothing` on the text.
+    pub(crate) fn executes_nothing(&self) -> bool {
+        let mut words = self.text.trim().trim_end_matches(';').split_whitespace();
+        let first = [words.next(), words.next(), words.next()];
+        let is =
+            |word: Option<&str>, want: &str| word.is_some_and(|w| w.eq_ignore_ascii_case(want));
+        match first {
+            [w, None, None] => is(w, "begin"),
+            [w, second, None] if is(w, "begin") => is(second, "work") || is(second, "transaction"),
+            [w, second, None] if is(w, "start") => is(second, "transaction"),
+            [w, Some(_), None] => is(w, "show"),
+            _ => false,
+        }
+    }
+
+    /// Whether the statement may commit a transaction (so a lost reply means "outcome
+    /// unknown").
+    pub(crate) fn may_commit(&self) -> bool {
+        starts_with_word_prefix(self.text.trim_start(), "end") || self.markers & COMMIT_BIT != 0
+    }
+
+    /// The same as the function `may_taint_session` on the text.
+    pub(crate) fn may_taint_session(&self) -> bool {
+        let head = self.text.trim_start();
+        let starts = TAINTING_STARTS.iter().any(|start| {
+            starts_with_word_prefix(head, start)
+                && head[start.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !c.is_alphanumeric() && c != '_')
+        });
+        starts || self.several_statements() || self.markers & TAINTING_BITS != 0
+    }
+
+    /// The same as the function `may_change_session` on the text.
+    pub(crate) fn may_change_session(&self) -> bool {
+        let head = self
+            .text
+            .trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        let read_only = ["select", "values", "show"]
+            .iter()
+            .any(|word| starts_with_word_prefix(head, word));
         // Several statements: judge conservatively rather than split SQL here.
-        return true;
+        !read_only || self.several_statements() || self.markers & STATEFUL_BITS != 0
     }
-    STATEFUL_MARKERS.iter().any(|marker| lower.contains(marker))
+
+    fn several_statements(&self) -> bool {
+        self.text.trim_end().trim_end_matches(';').contains(';')
+    }
+}
+
+/// Whether `text` starts with the ASCII `prefix`, ignoring case (a prefix, not a whole word).
+fn starts_with_word_prefix(text: &str, prefix: &str) -> bool {
+    text.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 #[cfg(test)]
