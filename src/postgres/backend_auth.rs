@@ -60,13 +60,19 @@ pub(super) async fn authenticate(
                 scram = Some(exchange);
             }
             Authentication::SaslContinue(data) => {
-                let exchange = scram
-                    .as_mut()
+                let mut exchange = scram
+                    .take()
                     .ok_or_else(|| scram_out_of_order("SASLContinue"))?;
-                exchange
-                    .update(data)
-                    .map_err(|e| BackendError::UnsupportedAuth(format!("SCRAM: {e}")))?;
+                // This step derives the salted password (PBKDF2, thousands of HMAC rounds, about
+                // a millisecond): off the event loop, so other sessions do not stall behind it.
+                let data = data.to_vec();
+                let exchange =
+                    tokio::task::spawn_blocking(move || exchange.update(&data).map(|()| exchange))
+                        .await
+                        .map_err(|e| BackendError::UnsupportedAuth(format!("SCRAM: {e}")))?
+                        .map_err(|e| BackendError::UnsupportedAuth(format!("SCRAM: {e}")))?;
                 pg::encode_sasl_response(exchange.message(), &mut out).map_err(WireError::from)?;
+                scram = Some(exchange);
             }
             Authentication::SaslFinal(data) => {
                 let exchange = scram
