@@ -82,6 +82,69 @@ fn far_or(at: Option<Instant>) -> tokio::time::Instant {
     at.unwrap_or_else(|| Instant::now() + FAR).into()
 }
 
+/// The client→backend direction's two deadlines, served by one timer.
+struct Deadlines {
+    /// When the backend should be rotated out (pushed back while the session is busy).
+    rotate_at: Option<Instant>,
+    check_after: Option<Duration>,
+    /// When the session's backend gets a health check if the client stays quiet.
+    check_at: Option<Instant>,
+}
+
+impl Deadlines {
+    /// The earlier deadline, if any.
+    fn next(&self) -> Option<Instant> {
+        match (self.rotate_at, self.check_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The timer fired at `now`. `at_boundary` says, when the client's stream is between
+    /// messages, whether the session is at rest and what a due health check ends with.
+    /// Returns how the relay should end, or None to go on (deadlines moved on).
+    fn fired(
+        &mut self,
+        now: Instant,
+        last_read: Instant,
+        at_boundary: impl Fn() -> Option<(bool, Option<RelayEnd>)>,
+    ) -> Option<RelayEnd> {
+        if self.rotate_at.is_some_and(|at| now >= at) {
+            if let Some((true, _)) = at_boundary() {
+                return Some(RelayEnd::Rotate);
+            }
+            self.rotate_at = Some(now + ROTATION_RETRY);
+        }
+        if let (Some(at), Some(after)) = (self.check_at, self.check_after) {
+            if now >= at {
+                let due = last_read + after;
+                if now < due {
+                    self.check_at = Some(due);
+                } else {
+                    self.check_at = Some(now + after);
+                    if let Some((_, Some(end))) = at_boundary() {
+                        return Some(end);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// What a session quiet for the whole health-check interval should do, if anything.
+fn quiet_end(tracker: &crate::postgres::tracker::Tracker) -> Option<RelayEnd> {
+    if tracker.pending == 0 && tracker.tx_status == TxStatus::Idle {
+        return Some(RelayEnd::CheckBackend);
+    }
+    // A request that executes nothing (Close, Sync) answers at once; no answer at all for the
+    // whole interval means the flow is dead or black-holed.
+    if tracker.pending > 0 && tracker.side_effect_free && tracker.bytes_to_client == 0 {
+        return Some(RelayEnd::Stalled);
+    }
+    None
+}
+
 /// How long to wait before looking again when a rotation is due but the session is busy.
 const ROTATION_RETRY: Duration = Duration::from_millis(500);
 
@@ -113,13 +176,16 @@ where
     B: AsyncWrite + Unpin,
 {
     let probe = watch.probe;
-    // Both timers live across requests: re-arming a timer per request would cost a timer-wheel
-    // insert and removal on every round trip. The health-check timer is pushed back lazily,
-    // when it fires early, from the time of the client's last read.
-    let rotation = tokio::time::sleep_until(far_or(watch.retire_at));
-    let health_check =
-        tokio::time::sleep_until(far_or(watch.check_after.map(|d| Instant::now() + d)));
-    tokio::pin!(rotation, health_check);
+    // One timer, kept across requests, for both the rotation and the health check: re-arming
+    // a timer per request would cost a timer-wheel insert and removal on every round trip.
+    // The health check is pushed back lazily, when the timer fires, from the client's last read.
+    let mut deadlines = Deadlines {
+        rotate_at: watch.retire_at,
+        check_after: watch.check_after,
+        check_at: watch.check_after.map(|after| Instant::now() + after),
+    };
+    let timer = tokio::time::sleep_until(far_or(deadlines.next()));
+    tokio::pin!(timer);
     let mut last_read = Instant::now();
     let mut scanner = Scanner::for_client(limits.max_message_size);
     // cbuf[..scanned] has been walked; cbuf[..flush_to] may be sent.
@@ -182,35 +248,21 @@ where
         let read = match (watch.retire_at, watch.check_after) {
             (None, None) => client.read_buf(cbuf).await,
             _ if scanned != 0 => client.read_buf(cbuf).await,
-            (_, check_after) => tokio::select! {
+            _ => tokio::select! {
                 read = client.read_buf(cbuf) => read,
-                () = &mut rotation => {
-                    if cbuf.is_empty() && watch.boundary.at_boundary() && shared.lock().at_rest() {
-                        return RelayEnd::Rotate;
+                () = &mut timer => {
+                    let now = Instant::now();
+                    let end = deadlines.fired(now, last_read, || {
+                        if !cbuf.is_empty() || !watch.boundary.at_boundary() {
+                            return None;
+                        }
+                        let tracker = shared.lock();
+                        Some((tracker.at_rest(), quiet_end(&tracker)))
+                    });
+                    if let Some(end) = end {
+                        return end;
                     }
-                    rotation.as_mut().reset((Instant::now() + ROTATION_RETRY).into());
-                    continue;
-                }
-                () = &mut health_check => {
-                    let after = check_after.unwrap_or(FAR);
-                    let due = last_read + after;
-                    if Instant::now() < due {
-                        health_check.as_mut().reset(due.into());
-                        continue;
-                    }
-                    health_check.as_mut().reset((Instant::now() + after).into());
-                    if !cbuf.is_empty() || !watch.boundary.at_boundary() {
-                        continue;
-                    }
-                    let tracker = shared.lock();
-                    if tracker.pending == 0 && tracker.tx_status == TxStatus::Idle {
-                        return RelayEnd::CheckBackend;
-                    }
-                    // A request that executes nothing (Close, Sync) answers at once; no answer
-                    // at all for the whole interval means the flow is dead or black-holed.
-                    if tracker.pending > 0 && tracker.side_effect_free && tracker.bytes_to_client == 0 {
-                        return RelayEnd::Stalled;
-                    }
+                    timer.as_mut().reset(far_or(deadlines.next()));
                     continue;
                 }
             },
@@ -354,9 +406,27 @@ async fn write_tracked<B: AsyncWrite + Unpin>(
         }
         backend.flush().await.map_err(WireError::Io)
     };
-    tokio::time::timeout(limit, write)
+    within(limit, write)
         .await
         .unwrap_or(Err(WireError::Timeout(limit)))
+}
+
+/// Runs `io` with a time limit, arming the timer only if it does not finish on its first poll
+/// (the usual case for a write: the socket buffer has room), which saves a clock read and a
+/// timer per write. `None` when the limit passed.
+async fn within<F: std::future::Future>(limit: Duration, io: F) -> Option<F::Output> {
+    let mut io = std::pin::pin!(io);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match io.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    match first {
+        Some(output) => Some(output),
+        None => tokio::time::timeout(limit, io).await.ok(),
+    }
 }
 
 /// What the backend→client direction needs to know about its session.
@@ -485,9 +555,9 @@ async fn write_client<C: AsyncWrite + Unpin>(
         client.write_all(bytes).await?;
         client.flush().await
     };
-    match tokio::time::timeout(limit, write).await {
-        Ok(result) => result.map_err(WireError::Io),
-        Err(_) => Err(WireError::Timeout(limit)),
+    match within(limit, write).await {
+        Some(result) => result.map_err(WireError::Io),
+        None => Err(WireError::Timeout(limit)),
     }
 }
 
