@@ -49,12 +49,13 @@ const STATE_VERBS: [&str; 6] = [
 
 pub(crate) fn classify(sql: &str) -> Option<StateOp> {
     let text = sql.trim().trim_end_matches(';').trim_end();
-    // Most statements are none of these: tell from the first word without allocating.
-    let first = text.split_whitespace().next().unwrap_or_default();
-    if !STATE_VERBS
-        .iter()
-        .any(|verb| first.eq_ignore_ascii_case(verb))
-    {
+    // Most statements are none of these: tell from how the text starts, without allocating.
+    let starts_with = |verb: &str| {
+        text.as_bytes()
+            .get(..verb.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(verb.as_bytes()))
+    };
+    if !STATE_VERBS.iter().any(|verb| starts_with(verb)) {
         return None;
     }
     if text.contains(';') {
