@@ -1,0 +1,717 @@
+#!/usr/bin/env bash
+# Benchmarks Suture against direct PostgreSQL and PgBouncer (session mode), on one machine.
+#
+# One command: installs what is missing (scripts/install-deps.sh, pgbouncer, psycopg2-binary),
+# builds Suture (release) and copies the binary into a temporary work directory, starts a
+# throwaway PostgreSQL there (free port, SCRAM auth, fsync=off: durability is not what is being
+# measured), PgBouncer (session mode, SCRAM) and Suture, both with the same pool size, and
+# measures, interleaved (each round runs every workload against all three targets, the target
+# order rotating from round to round), median over rounds:
+#
+#   select   pgbench -S at 1, 8, 32 clients, -M simple and -M prepared        (tps)
+#   tpcb     pgbench TPC-B-like default script, 8 clients                     (tps)
+#   connect  pgbench -S -C -c 8: a new connection per transaction              (tps)
+#   stream   COPY (...) TO STDOUT of BENCH_STREAM_MB MiB via psql, and a SELECT of half
+#            that size via pgbench -t 1 (libpq keeps the result, no formatting) (MiB/s)
+#   idle     RSS per idle, logged-in client: BENCH_IDLE_CLIENTS psycopg2 connections to a
+#            dedicated PgBouncer and a dedicated Suture (session mode: one backend each)
+#                                                                              (KiB/client)
+#   soak     pgbench -S -c 8 (plus one -C client churning logins) against Suture for
+#            BENCH_SOAK_SECS, Suture's RSS sampled every BENCH_SOAK_INTERVAL s (KiB, %)
+#
+# It prints the table and writes it, with a machine description, to BENCH_OUT (markdown) and
+# every single measurement to the same name with .tsv. Everything it started is stopped and
+# the work directory removed on exit, Ctrl-C included.
+#
+# Environment knobs (defaults in brackets):
+#   BENCH_SECS           seconds per pgbench measurement                     [10]
+#   BENCH_ROUNDS         interleaved rounds; the median is reported          [3]
+#   BENCH_STREAM_MB      MiB of COPY payload; the SELECT streams half        [1024]
+#   BENCH_IDLE_CLIENTS   idle client connections for the memory test         [1000]
+#   BENCH_SOAK_SECS      length of the soak against Suture                   [600]
+#   BENCH_SOAK_INTERVAL  seconds between RSS samples during the soak         [10]
+#   BENCH_SOAK_WARMUP    seconds before the soak's start RSS is taken        [30, at most soak/3]
+#   BENCH_POOL_SIZE      Suture max_size = PgBouncer default_pool_size       [40]
+#   BENCH_MIN_IDLE       Suture min_idle = PgBouncer min_pool_size           [8]
+#   BENCH_SCALE          pgbench -i scale factor                             [10]
+#   BENCH_ONLY           comma list of groups to run: select,tpcb,connect,stream,idle,soak [all]
+#   BENCH_OUT            results file [docs/benchmarks/results-YYYY-MM-DD.md]; raw data in
+#                        the same name with .tsv
+#   BENCH_SUTURE_BIN     use this Suture binary instead of building the working tree [unset]
+#   BENCH_KEEP           1: keep the work directory (logs, configs) instead of removing it [0]
+#
+# Quick trial:
+#   BENCH_SECS=3 BENCH_ROUNDS=1 BENCH_SOAK_SECS=30 BENCH_STREAM_MB=200 BENCH_IDLE_CLIENTS=200 \
+#       bash scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+repo=$(pwd)
+
+SECS=${BENCH_SECS:-10}
+ROUNDS=${BENCH_ROUNDS:-3}
+STREAM_MB=${BENCH_STREAM_MB:-1024}
+IDLE_CLIENTS=${BENCH_IDLE_CLIENTS:-1000}
+SOAK_SECS=${BENCH_SOAK_SECS:-600}
+SOAK_INTERVAL=${BENCH_SOAK_INTERVAL:-10}
+SOAK_WARMUP=${BENCH_SOAK_WARMUP:-30}
+POOL_SIZE=${BENCH_POOL_SIZE:-40}
+MIN_IDLE=${BENCH_MIN_IDLE:-8}
+SCALE=${BENCH_SCALE:-10}
+SUTURE_BIN=${BENCH_SUTURE_BIN:-}
+ONLY=${BENCH_ONLY:-select,tpcb,connect,stream,idle,soak}
+OUT=${BENCH_OUT:-docs/benchmarks/results-$(date +%Y-%m-%d).md}
+KEEP=${BENCH_KEEP:-0}
+RAW=${OUT%.md}.tsv
+TARGETS=(direct pgbouncer suture)
+if [ "$SOAK_WARMUP" -gt $((SOAK_SECS / 3)) ]; then
+    SOAK_WARMUP=$((SOAK_SECS / 3))
+fi
+
+log() { printf '%s bench: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+wants() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+# ---------------------------------------------------------------- setup helpers
+
+install_deps() {
+    bash scripts/install-deps.sh
+    if ! command -v cargo >/dev/null 2>&1; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v pgbouncer >/dev/null 2>&1; then
+        log "installing pgbouncer (its system service is not started; we run our own instances)"
+        export DEBIAN_FRONTEND=noninteractive
+        # A policy-rc.d that says no keeps the package's service from starting on install.
+        local policy=/usr/sbin/policy-rc.d made_policy=0
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+        fi
+        local rc=0
+        apt-get install -y -q --no-install-recommends pgbouncer >/dev/null ||
+            { apt-get update -q && apt-get install -y -q --no-install-recommends pgbouncer; } ||
+            rc=$?
+        if [ "$made_policy" = 1 ]; then
+            rm -f "$policy"
+        fi
+        [ "$rc" -eq 0 ] || die "could not install pgbouncer"
+    fi
+    if ! python3 -c 'import psycopg2' 2>/dev/null; then
+        log "installing psycopg2-binary (idle-connection test)"
+        python3 -m pip install -q psycopg2-binary ||
+            python3 -m pip install -q --break-system-packages psycopg2-binary
+    fi
+}
+
+# Runs a command as the postgres OS user when we are root.
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# A port nobody uses right now, below the kernel's ephemeral range (the idle test's thousand
+# outgoing connections take ephemeral ports, and a listener cannot bind one of those).
+free_port() {
+    local low hi p
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+    hi=$(( low > 12000 ? low - 1 : 32767 ))
+    while :; do
+        p=$(( 10000 + RANDOM % (hi - 10000) ))
+        if [ -z "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ] &&
+            ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+}
+
+# Waits up to 10 s for 127.0.0.1:$1 to accept connections.
+wait_port() {
+    local _
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# User plus system CPU time of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+
+# The PID of the proxy behind a target (empty for direct).
+proxy_pid() {
+    case $1 in
+        pgbouncer) cat "$work/pgbouncer.pid" 2>/dev/null || true ;;
+        suture) echo "$suture_pid" ;;
+    esac
+}
+
+# ---------------------------------------------------------------- processes
+
+work=""
+pg_bin=""
+suture_pids=()     # every Suture we started
+pgb_pidfiles=()    # every PgBouncer we started (daemonised, as postgres)
+bg_pids=()         # helpers: idle-connection holders, soak load and sampler
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    set +e
+    log "cleaning up"
+    local pid f
+    for pid in "${bg_pids[@]}"; do
+        kill "$pid" 2>/dev/null
+    done
+    for pid in "${suture_pids[@]}"; do
+        kill "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    for f in "${pgb_pidfiles[@]}"; do
+        if [ -s "$f" ]; then
+            kill "$(cat "$f")" 2>/dev/null
+        fi
+    done
+    for pid in "${bg_pids[@]}"; do
+        wait "$pid" 2>/dev/null
+    done
+    if [ -n "$work" ] && [ -f "$work/data/postmaster.pid" ]; then
+        as_pg "$pg_bin/pg_ctl" -D "$work/data" -m immediate -w stop >/dev/null 2>&1
+    fi
+    if [ -n "$work" ]; then
+        if [ "$status" -ne 0 ] && [ "$status" -ne 130 ] && [ "$status" -ne 143 ]; then
+            for f in "$work"/suture*.log "$work"/pgbouncer*.log; do
+                [ -f "$f" ] || continue
+                log "last lines of $(basename "$f"):"
+                tail -n 20 "$f" >&2
+            done
+        fi
+        if [ "$KEEP" = 1 ]; then
+            log "work directory kept: $work"
+        else
+            rm -rf "$work"
+        fi
+    fi
+    exit "$status"
+}
+
+start_postgres() {
+    pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    pg_port=$(free_port)
+    local max_conn=$(( IDLE_CLIENTS + 2 * POOL_SIZE + 100 ))
+    [ "$max_conn" -lt 200 ] && max_conn=200
+    log "initdb in $work/data (PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), port $pg_port, max_connections $max_conn)"
+    as_pg "$pg_bin/initdb" -D "$work/data" -U postgres --auth-local=trust \
+        --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync >"$work/initdb.log"
+    cat >>"$work/data/postgresql.conf" <<CONF
+port = $pg_port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$work'
+password_encryption = 'scram-sha-256'
+shared_buffers = 128MB
+max_connections = $max_conn
+# Not a durability benchmark: no fsync, so the disk does not dominate TPC-B.
+fsync = off
+log_min_messages = warning
+CONF
+    as_pg "$pg_bin/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w -t 60 start >/dev/null
+    as_pg "$pg_bin/psql" -X -q -h "$work" -p "$pg_port" -U postgres -d postgres \
+        -v ON_ERROR_STOP=1 \
+        -c "CREATE ROLE app LOGIN PASSWORD 'app-secret'" \
+        -c "CREATE DATABASE app OWNER app"
+    log "pgbench -i -s $SCALE"
+    as_pg "$pg_bin/pgbench" -h "$work" -p "$pg_port" -U app -i -s "$SCALE" -q app \
+        >"$work/pgbench-init.log" 2>&1
+}
+
+# PgBouncer authenticates clients with SCRAM against the verifier copied from pg_authid
+# (same salt and iterations as the server). Because the client proved the key, PgBouncer
+# can log in to PostgreSQL with SCRAM on the client's behalf without knowing the password.
+write_pgbouncer_conf() { # name port pool_size min_pool max_client
+    local name=$1 port=$2 pool=$3 min=$4 maxc=$5
+    cat >"$work/$name.ini" <<INI
+[databases]
+app = host=127.0.0.1 port=$pg_port dbname=app
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/userlist.txt
+pool_mode = session
+default_pool_size = $pool
+min_pool_size = $min
+reserve_pool_size = 0
+max_client_conn = $maxc
+max_db_connections = 0
+server_reset_query = DISCARD ALL
+server_idle_timeout = 600
+ignore_startup_parameters = extra_float_digits,options
+pidfile = $work/$name.pid
+logfile = $work/$name.log
+log_connections = 0
+log_disconnections = 0
+INI
+}
+
+start_pgbouncer() { # name port
+    local name=$1 port=$2
+    # Started as root and switching to postgres itself (-u), so it keeps this shell's open-file
+    # limit; runuser's PAM session would cut it to 1024, too few for the idle test.
+    if [ "$(id -u)" -eq 0 ]; then
+        pgbouncer -d -u postgres "$work/$name.ini"
+    else
+        pgbouncer -d "$work/$name.ini"
+    fi ||
+        { cat "$work/$name.log" >&2; die "pgbouncer $name did not start"; }
+    pgb_pidfiles+=("$work/$name.pid")
+    wait_port "$port" || { cat "$work/$name.log" >&2; die "pgbouncer $name not listening"; }
+}
+
+stop_pgbouncer() { # name
+    local f="$work/$1.pid" pid
+    [ -s "$f" ] || return 0
+    pid=$(cat "$f")
+    kill "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+}
+
+write_suture_conf() { # name port max_size min_idle max_clients
+    local name=$1 port=$2 max=$3 min=$4 maxc=$5
+    cat >"$work/$name.toml" <<TOML
+[admin]
+listen = "127.0.0.1:$(free_port)"
+
+[log]
+level = "info"
+
+[pools.app]
+protocol = "postgres"
+listen = "127.0.0.1:$port"
+servers = ["127.0.0.1:$pg_port"]
+tls = "disable"
+min_idle = $min
+max_size = $max
+max_client_connections = $maxc
+max_lifetime = "30m"
+idle_timeout = "10m"
+connect_timeout = "5s"
+failover_hold = "30s"
+
+[pools.app.users.app]
+password = "app-secret"
+TOML
+    "$work/suture" check-config -c "$work/$name.toml" >"$work/$name.check" 2>&1 ||
+        { cat "$work/$name.check" >&2; die "suture config $name is invalid"; }
+}
+
+# Starts Suture with $work/$1.toml; sets last_suture_pid.
+start_suture() { # name port
+    local name=$1 port=$2
+    "$work/suture" --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+    last_suture_pid=$!
+    suture_pids+=("$last_suture_pid")
+    wait_port "$port" || { cat "$work/$name.log" >&2; die "suture $name not listening"; }
+}
+
+stop_suture() { # pid
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- measurements
+
+port_of() {
+    case $1 in
+        direct) echo "$pg_port" ;;
+        pgbouncer) echo "$pgb_port" ;;
+        suture) echo "$suture_port" ;;
+    esac
+}
+
+# Appends one measurement to the raw file: round group workload unit target value [note].
+record() {
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "${7:-}" >>"$RAW"
+}
+
+# Target order for round $1: rotated so no target always runs first.
+round_targets() {
+    local r=$1 i
+    for i in 0 1 2; do
+        echo "${TARGETS[$(( (i + r) % 3 ))]}"
+    done
+}
+
+# One pgbench run; records its tps (and a note on errors or failed transactions).
+run_pgbench() { # round group workload target pgbench-args...
+    local rnd=$1 group=$2 workload=$3 target=$4
+    shift 4
+    local port logf tps note="" rc=0
+    port=$(port_of "$target")
+    logf="$work/pgbench-r$rnd-${workload// /_}-$target.log"
+    local proxy cpu0=""
+    proxy=$(proxy_pid "$target")
+    [ -z "$proxy" ] || cpu0=$(cpu_ticks "$proxy")
+    PGPASSWORD=app-secret timeout --foreground $(( SECS + 120 )) "$pg_bin/pgbench" -h 127.0.0.1 -p "$port" \
+        -U app -n -T "$SECS" "$@" app >"$logf" 2>&1 || rc=$?
+    tps=$(awk '/^tps = / {print $3; exit}' "$logf")
+    if [ -n "$cpu0" ]; then
+        # The proxy's own CPU time per transaction: what it costs, whatever else is running.
+        local cpu1 txs
+        cpu1=$(cpu_ticks "$proxy")
+        txs=$(awk -F': ' '/^number of transactions actually processed/ {split($2, a, "/"); print a[1]; exit}' "$logf")
+        if [ -n "$txs" ] && [ "$txs" -gt 0 ]; then
+            record "$rnd" "$group" "$workload: proxy CPU" "us/tx" "$target" \
+                "$(awk -v t=$(( cpu1 - cpu0 )) -v hz="$CLK_TCK" -v n="$txs" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')"
+        fi
+    fi
+    local failed
+    failed=$(awk -F'[: ]+' '/^number of failed transactions/ {print $5; exit}' "$logf")
+    if [ "$rc" -ne 0 ]; then
+        note="exit $rc: $(grep -m1 -iE 'error|fatal|abort' "$logf" | cut -c1-160)"
+    elif [ -n "$failed" ] && [ "$failed" != 0 ]; then
+        note="$failed failed transactions"
+    fi
+    [ -n "$tps" ] || tps=NA
+    record "$rnd" "$group" "$workload" tps "$target" "$tps" "$note"
+    log "round $rnd  $workload  $target: $tps tps${note:+ ($note)}"
+}
+
+bench_select_round() { # round
+    local rnd=$1 c mode t j
+    for c in 1 8 32; do
+        j=$(( c < 2 ? c : 2 ))
+        for mode in simple prepared; do
+            while read -r t; do
+                run_pgbench "$rnd" select "select -c $c -M $mode" "$t" -S -M "$mode" -c "$c" -j "$j"
+            done < <(round_targets "$rnd")
+        done
+    done
+}
+
+bench_tpcb_round() {
+    local t
+    while read -r t; do
+        run_pgbench "$1" tpcb "tpcb -c 8" "$t" -c 8 -j 2
+    done < <(round_targets "$1")
+}
+
+bench_connect_round() {
+    local t
+    while read -r t; do
+        run_pgbench "$1" connect "select -C -c 8" "$t" -S -C -c 8 -j 2
+    done < <(round_targets "$1")
+}
+
+now_ns() { date +%s%N; }
+
+# Times one streaming command; records MiB/s of payload.
+stream_one() { # round workload target bytes command...
+    local rnd=$1 workload=$2 target=$3 bytes=$4
+    shift 4
+    local t0 t1 rc=0 mibs note="" logf="$work/stream-r$rnd-${workload%% *}-$target.log"
+    t0=$(now_ns)
+    PGPASSWORD=app-secret timeout --foreground 900 "$@" >/dev/null 2>"$logf" || rc=$?
+    t1=$(now_ns)
+    if [ "$rc" -ne 0 ]; then
+        note="exit $rc: $(head -c 160 "$logf" | tr '\n' ' ')"
+        mibs=NA
+    else
+        mibs=$(awk -v b="$bytes" -v ns=$(( t1 - t0 )) 'BEGIN {printf "%.1f", b / 1048576 / (ns / 1e9)}')
+    fi
+    record "$rnd" stream "$workload" MiB/s "$target" "$mibs" "$note"
+    log "round $rnd  $workload  $target: $mibs MiB/s${note:+ ($note)}"
+}
+
+bench_stream_round() {
+    local rnd=$1 t port
+    # repeat('x',1000) rows: COPY sends 1001 bytes a row (with the newline).
+    local copy_rows=$(( (STREAM_MB * 1048576 + 999) / 1000 ))
+    local sel_rows=$(( copy_rows / 2 ))
+    echo "SELECT repeat('x',1000) FROM generate_series(1,$sel_rows);" >"$work/select-big.sql"
+    while read -r t; do
+        port=$(port_of "$t")
+        stream_one "$rnd" "copy out ${STREAM_MB} MiB" "$t" $(( copy_rows * 1001 )) \
+            "$pg_bin/psql" -X -q -h 127.0.0.1 -p "$port" -U app -d app -v ON_ERROR_STOP=1 \
+            -c "COPY (SELECT repeat('x',1000) FROM generate_series(1,$copy_rows)) TO STDOUT"
+        stream_one "$rnd" "select $(( STREAM_MB / 2 )) MiB" "$t" $(( sel_rows * 1000 )) \
+            "$pg_bin/pgbench" -h 127.0.0.1 -p "$port" -U app -n -t 1 -c 1 -f "$work/select-big.sql" app
+    done < <(round_targets "$rnd")
+}
+
+server_backends() {
+    as_pg "$pg_bin/psql" -X -A -t -h "$work" -p "$pg_port" -U postgres -d postgres \
+        -c "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
+}
+
+wait_file() { # file pid: waits for file while pid lives, at most 10 minutes
+    local deadline=$(( $(date +%s) + 600 ))
+    while [ ! -f "$1" ] && kill -0 "$2" 2>/dev/null; do
+        if [ "$(date +%s)" -gt "$deadline" ]; then
+            log "gave up waiting for $1"
+            return
+        fi
+        sleep 0.2
+    done
+}
+
+# Opens IDLE_CLIENTS idle connections to port $2 and records the RSS growth of pid $3:
+# once when they have only logged in, once after each ran one SELECT 1 (PgBouncer links a
+# server connection to a session client only at its first query; Suture at login).
+idle_measure() { # target port pid
+    local target=$1 port=$2 pid=$3 before base login queried rss_login rss_query
+    local be_login be_query note=""
+    local ready="$work/idle-$target.ready"
+    sleep 2
+    before=$(rss_kib "$pid")
+    base=$(server_backends)
+    python3 "$repo/scripts/bench_helpers.py" idle --ready-file "$ready" --n "$IDLE_CLIENTS" \
+        --dsn "host=127.0.0.1 port=$port user=app password=app-secret dbname=app" \
+        2>"$work/idle-$target.err" &
+    local idle_pid=$!
+    bg_pids+=("$idle_pid")
+    wait_file "$ready" "$idle_pid"
+    login=$(awk '{print $2}' "$ready" 2>/dev/null || echo 0)
+    sleep 3
+    rss_login=$(rss_kib "$pid")
+    be_login=$(( $(server_backends) - base ))
+    kill -USR1 "$idle_pid" 2>/dev/null || true
+    wait_file "$ready.q" "$idle_pid"
+    queried=$(awk '{print $2}' "$ready.q" 2>/dev/null || echo 0)
+    sleep 3
+    rss_query=$(rss_kib "$pid")
+    be_query=$(( $(server_backends) - base ))
+    kill -TERM "$idle_pid" 2>/dev/null || true
+    wait "$idle_pid" 2>/dev/null || true
+    if [ "${login:-0}" != "$IDLE_CLIENTS" ] || [ "${queried:-0}" != "$IDLE_CLIENTS" ]; then
+        note="$login of $IDLE_CLIENTS logged in, $queried queried: $(head -c 160 "$work/idle-$target.err" | tr '\n' ' ')"
+    fi
+    local per_login=NA per_query=NA
+    if [ "${login:-0}" -gt 0 ]; then
+        per_login=$(awk -v a="$rss_login" -v b="$before" -v n="$login" 'BEGIN {printf "%.1f", (a - b) / n}')
+        per_query=$(awk -v a="$rss_query" -v b="$before" -v n="$login" 'BEGIN {printf "%.1f", (a - b) / n}')
+    fi
+    local w="(${IDLE_CLIENTS} clients)"
+    record 1 idle "idle client RSS, logged in $w" KiB/client "$target" "$per_login" "$note"
+    record 1 idle "idle client RSS, after one query $w" KiB/client "$target" "$per_query" "$note"
+    record 1 idle "proxy RSS before idle clients" KiB "$target" "$before"
+    record 1 idle "proxy RSS, idle clients logged in" KiB "$target" "$rss_login"
+    record 1 idle "proxy RSS, idle clients after one query" KiB "$target" "$rss_query"
+    record 1 idle "server backends, idle clients logged in" count "$target" "$be_login"
+    record 1 idle "server backends, idle clients after one query" count "$target" "$be_query"
+    log "idle  $target: RSS $before → $rss_login KiB logged in ($per_login KiB/client, $be_login backends)" \
+        "→ $rss_query KiB after one query ($per_query KiB/client, $be_query backends)${note:+ ($note)}"
+}
+
+bench_idle() {
+    local port
+    # Session mode on both: every idle client holds one backend, so both pools must be as
+    # large as the number of clients. Dedicated instances keep the main pools' state out.
+    port=$(free_port)
+    write_pgbouncer_conf pgbouncer-idle "$port" $(( IDLE_CLIENTS + 10 )) 0 $(( IDLE_CLIENTS + 100 ))
+    start_pgbouncer pgbouncer-idle "$port"
+    idle_measure pgbouncer "$port" "$(cat "$work/pgbouncer-idle.pid")"
+    stop_pgbouncer pgbouncer-idle
+
+    port=$(free_port)
+    write_suture_conf suture-idle "$port" $(( IDLE_CLIENTS + 10 )) 0 $(( IDLE_CLIENTS + 100 ))
+    start_suture suture-idle "$port"
+    local pid=$last_suture_pid
+    idle_measure suture "$port" "$pid"
+    stop_suture "$pid"
+}
+
+bench_soak() {
+    local pid=$suture_pid samples="$work/soak-samples.tsv"
+    log "soak: ${SOAK_SECS}s of pgbench -S -c 8 (+1 client with -C) against Suture, RSS every ${SOAK_INTERVAL}s"
+    PGPASSWORD=app-secret "$pg_bin/pgbench" -h 127.0.0.1 -p "$suture_port" -U app -n -S \
+        -c 8 -j 2 -T "$SOAK_SECS" app >"$work/soak-load.log" 2>&1 &
+    local load_pid=$!
+    bg_pids+=("$load_pid")
+    PGPASSWORD=app-secret "$pg_bin/pgbench" -h 127.0.0.1 -p "$suture_port" -U app -n -S -C \
+        -c 1 -j 1 -T "$SOAK_SECS" app >"$work/soak-connect.log" 2>&1 &
+    local churn_pid=$!
+    bg_pids+=("$churn_pid")
+    local t0 el
+    t0=$(date +%s)
+    printf 'seconds\trss_kib\n' >"$samples"
+    while kill -0 "$load_pid" 2>/dev/null; do
+        el=$(( $(date +%s) - t0 ))
+        printf '%s\t%s\n' "$el" "$(rss_kib "$pid")" >>"$samples"
+        sleep "$SOAK_INTERVAL"
+    done
+    wait "$load_pid" || log "soak: pgbench (-c 8) exited non-zero: $(grep -m1 -iE 'error|abort' "$work/soak-load.log")"
+    wait "$churn_pid" || log "soak: pgbench (-C) exited non-zero: $(grep -m1 -iE 'error|abort' "$work/soak-connect.log")"
+    printf '%s\t%s\n' "$(( $(date +%s) - t0 ))" "$(rss_kib "$pid")" >>"$samples"
+
+    local start end max drift pct tps ctps
+    start=$(awk -v w="$SOAK_WARMUP" 'NR > 1 && $1 >= w {print $2; exit}' "$samples")
+    end=$(awk 'END {print $2}' "$samples")
+    max=$(awk -v w="$SOAK_WARMUP" 'NR > 1 && $1 >= w && $2 > m {m = $2} END {print m}' "$samples")
+    drift=$(( end - start ))
+    pct=$(awk -v d="$drift" -v s="$start" 'BEGIN {printf "%.1f", 100 * d / s}')
+    tps=$(awk '/^tps = / {print $3; exit}' "$work/soak-load.log")
+    ctps=$(awk '/^tps = / {print $3; exit}' "$work/soak-connect.log")
+    record 1 soak "soak RSS start (after ${SOAK_WARMUP}s)" KiB suture "$start"
+    record 1 soak "soak RSS end (${SOAK_SECS}s)" KiB suture "$end"
+    record 1 soak "soak RSS max" KiB suture "$max"
+    record 1 soak "soak RSS drift" KiB suture "$drift"
+    record 1 soak "soak RSS drift" % suture "$pct"
+    record 1 soak "soak select -c 8" tps suture "${tps:-NA}"
+    record 1 soak "soak select -C -c 1" tps suture "${ctps:-NA}"
+    log "soak: RSS start $start KiB, end $end KiB, max $max KiB, drift $drift KiB ($pct %); $tps tps, -C $ctps tps"
+    {
+        echo "### Soak: Suture RSS samples (KiB)"
+        echo
+        echo "pgbench -S -c 8 -j 2 and pgbench -S -C -c 1 against Suture for ${SOAK_SECS}s; start RSS is the first sample at or after ${SOAK_WARMUP}s."
+        echo
+        echo '```'
+        cat "$samples"
+        echo '```'
+        echo
+    } >>"$work/extra.md"
+}
+
+# ---------------------------------------------------------------- report
+
+describe_machine() {
+    local commit dirty=""
+    commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [ -n "$(git -C "$repo" status --porcelain -- src protocol Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+        dirty=" with uncommitted changes under src/, protocol/ or Cargo.*"
+    fi
+    local suture_desc="release build of commit $commit"
+    if [ -n "$dirty" ]; then
+        suture_desc="$suture_desc plus the working tree's uncommitted changes"
+    fi
+    if [ -n "$SUTURE_BIN" ]; then
+        suture_desc="prebuilt binary $SUTURE_BIN ($("$work/suture" --version)); the repository is at $commit$dirty"
+    fi
+    cat <<MD
+# Suture benchmark, $(date '+%Y-%m-%d %H:%M %Z')
+
+## Machine
+
+- CPU: $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), nproc $(nproc)
+- RAM: $(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+- Kernel: $(uname -sr)
+- Load average (1, 5, 15 min) at start: $load_start; at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shows up here)
+- PostgreSQL: $("$pg_bin/postgres" --version | awk '{print $3}'); pgbench $("$pg_bin/pgbench" --version | awk '{print $3}')
+- PgBouncer: $(pgbouncer --version | awk 'NR == 1 {print $2}')
+- Suture: $suture_desc
+
+## Setup
+
+- Everything on 127.0.0.1 over TCP; clients log in with SCRAM-SHA-256 (PGPASSWORD) to all three targets.
+- PostgreSQL: shared_buffers 128MB, max_connections $(( IDLE_CLIENTS + 2 * POOL_SIZE + 100 < 200 ? 200 : IDLE_CLIENTS + 2 * POOL_SIZE + 100 )), **fsync off** (not a durability test), pgbench scale $SCALE.
+- PgBouncer: session mode, default_pool_size $POOL_SIZE, min_pool_size $MIN_IDLE, auth_type scram-sha-256 with the SCRAM verifier from pg_authid in auth_file (SCRAM pass-through to the server), server_reset_query DISCARD ALL.
+- Suture: max_size $POOL_SIZE, min_idle $MIN_IDLE, tls disable, client_auth scram-sha-256.
+- pgbench: -T $SECS per measurement, -j = min(clients, 2), -n. $ROUNDS interleaved round(s); within a round every workload runs against direct, pgbouncer and suture, the starting target rotating per round. Values are medians over rounds; n = rounds with a value.
+- Stream: COPY of ${STREAM_MB} MiB payload via \`psql -X -c "COPY (...) TO STDOUT" >/dev/null\`; SELECT of $(( STREAM_MB / 2 )) MiB via \`pgbench -n -t 1 -f\` (libpq collects the rows, no formatting). Wall time including connect; MiB/s of payload.
+- Idle: ${IDLE_CLIENTS} psycopg2 connections (autocommit) held open by one Python process against a dedicated PgBouncer / Suture (pool size ${IDLE_CLIENTS}+10, min idle 0: session mode needs one backend per client); (VmRSS − VmRSS before) / clients, measured once after login and once after every client ran one SELECT 1. Suture checks a backend out at login, PgBouncer only at a client's first query, so the "after one query" row is the like-for-like one; both include the proxy's server-side connection per client. "server backends" = app sessions in pg_stat_activity minus those before the test.
+- Groups run: $ONLY. Raw measurements: $(basename "$RAW").
+MD
+}
+
+# ---------------------------------------------------------------- main
+
+main() {
+    install_deps
+    # 1000 idle clients need more than the usual 1024 descriptors (Suture, the Python holder).
+    ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $(( 2 * IDLE_CLIENTS + 200 )) ]; then
+        log "warning: open-file limit $(ulimit -n) is low for $IDLE_CLIENTS idle clients"
+    fi
+    local suture_src="$repo/target/release/suture"
+    if [ -n "$SUTURE_BIN" ]; then
+        suture_src=$SUTURE_BIN
+        log "using the prebuilt Suture $suture_src"
+    else
+        log "building Suture (release)"
+        cargo build --release -q
+    fi
+
+    work=$(mktemp -d /tmp/suture-bench.XXXXXX)
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    cp "$suture_src" "$work/suture"
+    chmod 755 "$work"
+    chown postgres:postgres "$work" 2>/dev/null || true
+    : >"$work/extra.md"
+
+    load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+    start_postgres
+
+    # PgBouncer's userlist: the role's SCRAM verifier as stored by the server.
+    local verifier
+    verifier=$(as_pg "$pg_bin/psql" -X -A -t -h "$work" -p "$pg_port" -U postgres -d postgres \
+        -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+    printf '"app" "%s"\n' "$verifier" >"$work/userlist.txt"
+    chown postgres:postgres "$work/userlist.txt" 2>/dev/null || true
+
+    pgb_port=$(free_port)
+    write_pgbouncer_conf pgbouncer "$pgb_port" "$POOL_SIZE" "$MIN_IDLE" $(( IDLE_CLIENTS + 100 ))
+    start_pgbouncer pgbouncer "$pgb_port"
+
+    suture_port=$(free_port)
+    local maxc=$(( IDLE_CLIENTS + 100 < 1100 ? 1100 : IDLE_CLIENTS + 100 ))
+    write_suture_conf suture "$suture_port" "$POOL_SIZE" "$MIN_IDLE" "$maxc"
+    start_suture suture "$suture_port"
+    suture_pid=$last_suture_pid
+    log "direct :$pg_port  pgbouncer :$pgb_port  suture :$suture_port  (work dir $work)"
+
+    # Each target must answer before anything is measured.
+    local t
+    for t in "${TARGETS[@]}"; do
+        PGPASSWORD=app-secret "$pg_bin/psql" -X -q -A -t -h 127.0.0.1 -p "$(port_of "$t")" \
+            -U app -d app -c "SELECT 1" >/dev/null || die "$t does not answer"
+    done
+
+    mkdir -p "$(dirname "$OUT")"
+    printf 'round\tgroup\tworkload\tunit\ttarget\tvalue\tnote\n' >"$RAW"
+
+    local rnd
+    for rnd in $(seq 1 "$ROUNDS"); do
+        log "round $rnd of $ROUNDS"
+        if wants select; then bench_select_round "$rnd"; fi
+        if wants tpcb; then bench_tpcb_round "$rnd"; fi
+        if wants connect; then bench_connect_round "$rnd"; fi
+        if wants stream; then bench_stream_round "$rnd"; fi
+    done
+    if wants idle; then bench_idle; fi
+    if wants soak; then bench_soak; fi
+
+    # What Suture logged at WARN or ERROR during the run, for the record.
+    local f n
+    for f in "$work"/suture.log "$work"/suture-idle.log; do
+        [ -f "$f" ] || continue
+        n=$(grep -cE ' (WARN|ERROR) ' "$f" || true)
+        {
+            echo "### $(basename "$f"): $n WARN/ERROR lines"
+            echo
+            if [ "$n" -gt 0 ]; then
+                echo '```'
+                grep -E ' (WARN|ERROR) ' "$f" | head -n 20
+                echo '```'
+                echo
+            fi
+        } >>"$work/extra.md"
+    done
+
+    describe_machine >"$work/machine.md"
+    echo
+    python3 "$repo/scripts/bench_helpers.py" report --raw "$RAW" --machine "$work/machine.md" \
+        --out "$OUT" --extra "$work/extra.md"
+    echo
+    log "results: $OUT   raw: $RAW"
+}
+
+main "$@"
