@@ -36,7 +36,6 @@ pub(crate) enum StateOp {
     Nothing,
 }
 
-/// Recognises a single statement that changes restorable state; `None` for anything else.
 /// First words of the statements [`classify`] recognises.
 const STATE_VERBS: [&str; 6] = [
     "set",
@@ -47,6 +46,7 @@ const STATE_VERBS: [&str; 6] = [
     "discard",
 ];
 
+/// Recognises a single statement that changes restorable state; `None` for anything else.
 pub(crate) fn classify(sql: &str) -> Option<StateOp> {
     let text = sql.trim().trim_end_matches(';').trim_end();
     // Most statements are none of these: tell from how the text starts, without allocating.
