@@ -3,13 +3,11 @@
 //! the client, the transaction status, and whether the client changed session state (so the
 //! backend needs a reset before reuse). Healing decides from this; the relay only records.
 
+use std::collections::VecDeque;
 use std::sync::{LazyLock, Mutex, MutexGuard};
-
-use aho_corasick::{AhoCorasick, AhoCorasickKind};
 use std::time::{Duration, Instant};
 
-use std::collections::VecDeque;
-
+use aho_corasick::{AhoCorasick, AhoCorasickKind};
 use bytes::{Bytes, BytesMut};
 use suture_protocol::pg::TxStatus;
 
