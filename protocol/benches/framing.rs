@@ -299,6 +299,25 @@ fn check(input: &Input, tally: Tally) {
     );
 }
 
+/// Checks that `scanner()` sees every message of `input` once, then benchmarks scanning it
+/// whole with a fresh scanner per iteration.
+fn bench_scan_whole(bencher: Bencher, input: &Input, scanner: fn() -> Scanner) {
+    check(input, scan_whole(scanner(), &input.bytes));
+    input
+        .counters(bencher)
+        .bench(|| scan_whole(scanner(), black_box(&input.bytes)));
+}
+
+/// The relay's backend-side scanner.
+fn backend_scanner() -> Scanner {
+    Scanner::new(MAX_MESSAGE)
+}
+
+/// The relay's client-side scanner.
+fn client_scanner() -> Scanner {
+    Scanner::for_client(MAX_MESSAGE)
+}
+
 /// Backend → client: whole buffers of replies, as one socket read would hold them.
 mod backend {
     use super::*;
@@ -308,30 +327,21 @@ mod backend {
     #[divan::bench(args = [1, 64])]
     fn pgbench_simple_reply(bencher: Bencher, replies: usize) {
         let input = Input::new().repeat(&super::pgbench_simple_reply(), replies);
-        check(&input, scan_whole(Scanner::new(MAX_MESSAGE), &input.bytes));
-        input
-            .counters(bencher)
-            .bench(|| scan_whole(Scanner::new(MAX_MESSAGE), black_box(&input.bytes)));
+        bench_scan_whole(bencher, &input, backend_scanner);
     }
 
     /// The same with `-M extended` (ParseComplete, BindComplete first).
     #[divan::bench(args = [1, 64])]
     fn pgbench_extended_reply(bencher: Bencher, replies: usize) {
         let input = Input::new().repeat(&super::pgbench_extended_reply(), replies);
-        check(&input, scan_whole(Scanner::new(MAX_MESSAGE), &input.bytes));
-        input
-            .counters(bencher)
-            .bench(|| scan_whole(Scanner::new(MAX_MESSAGE), black_box(&input.bytes)));
+        bench_scan_whole(bencher, &input, backend_scanner);
     }
 
     /// A 256 KiB result of DataRows of `row_len` wire bytes, all in one buffer.
     #[divan::bench(args = [20, 1000])]
     fn result_stream(bencher: Bencher, row_len: usize) {
         let input = super::result_stream(row_len);
-        check(&input, scan_whole(Scanner::new(MAX_MESSAGE), &input.bytes));
-        input
-            .counters(bencher)
-            .bench(|| scan_whole(Scanner::new(MAX_MESSAGE), black_box(&input.bytes)));
+        bench_scan_whole(bencher, &input, backend_scanner);
     }
 }
 
@@ -343,26 +353,14 @@ mod client {
     #[divan::bench(args = [1, 64])]
     fn simple_query(bencher: Bencher, requests: usize) {
         let input = Input::new().repeat(&super::simple_query(), requests);
-        check(
-            &input,
-            scan_whole(Scanner::for_client(MAX_MESSAGE), &input.bytes),
-        );
-        input
-            .counters(bencher)
-            .bench(|| scan_whole(Scanner::for_client(MAX_MESSAGE), black_box(&input.bytes)));
+        bench_scan_whole(bencher, &input, client_scanner);
     }
 
     /// `requests` back-to-back Parse/Bind/Describe/Execute/Sync batches.
     #[divan::bench(args = [1, 64])]
     fn extended_batch(bencher: Bencher, requests: usize) {
         let input = Input::new().repeat(&super::extended_batch(), requests);
-        check(
-            &input,
-            scan_whole(Scanner::for_client(MAX_MESSAGE), &input.bytes),
-        );
-        input
-            .counters(bencher)
-            .bench(|| scan_whole(Scanner::for_client(MAX_MESSAGE), black_box(&input.bytes)));
+        bench_scan_whole(bencher, &input, client_scanner);
     }
 }
 
