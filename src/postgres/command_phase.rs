@@ -155,7 +155,7 @@ impl CommandPhase<'_> {
             },
             Err(_) => None,
         };
-        let Some(mut fresh) = fresh else {
+        let Some(fresh) = fresh else {
             tracing::info!(pool = %self.pool(), "no fresh backend for rotation; keeping the current one for now");
             self.next_rotation = Some(Instant::now() + ROTATION_RETRY_AFTER_FAILURE);
             return Next::Resume;
@@ -163,6 +163,13 @@ impl CommandPhase<'_> {
         tracing::debug!(pool = %self.pool(), "rotated a backend past its maximum lifetime");
         self.checkout.count_close("max_lifetime");
         self.checkout.conn().broken = true;
+        self.adopt(fresh);
+        Next::Resume
+    }
+
+    /// Makes `fresh` the session's backend: cancel requests go to it, and its own maximum
+    /// lifetime decides the next rotation. The old checkout is dropped (closed or returned).
+    fn adopt(&mut self, mut fresh: Checkout<PgManager>) {
         let conn = fresh.conn();
         self.cancel.retarget(CancelTarget {
             addr: conn.addr,
@@ -171,7 +178,6 @@ impl CommandPhase<'_> {
         });
         self.next_rotation = fresh.retire_at();
         self.checkout = fresh;
-        Next::Resume
     }
 
     /// Checks the backend of a quiet session with an empty query, so a black-holed flow is
@@ -345,14 +351,7 @@ impl CommandPhase<'_> {
             let prepared = self.prepare(checkout.conn()).await;
             match prepared {
                 Ok(()) => {
-                    let conn = checkout.conn();
-                    self.cancel.retarget(CancelTarget {
-                        addr: conn.addr,
-                        process_id: conn.process_id,
-                        secret_key: conn.secret_key,
-                    });
-                    self.next_rotation = checkout.retire_at();
-                    self.checkout = checkout;
+                    self.adopt(checkout);
                     return true;
                 }
                 // The new backend died too (the fault that took the old one may have taken
