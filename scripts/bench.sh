@@ -46,6 +46,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd)
+# as_pg, free_port.
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 SECS=${BENCH_SECS:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
@@ -100,31 +103,6 @@ install_deps() {
         python3 -m pip install -q psycopg2-binary ||
             python3 -m pip install -q --break-system-packages psycopg2-binary
     fi
-}
-
-# Runs a command as the postgres OS user when we are root.
-as_pg() {
-    if [ "$(id -u)" -eq 0 ]; then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
-
-# A port nobody uses right now, below the kernel's ephemeral range (the idle test's thousand
-# outgoing connections take ephemeral ports, and a listener cannot bind one of those).
-free_port() {
-    local low hi p
-    read -r low _ </proc/sys/net/ipv4/ip_local_port_range
-    hi=$(( low > 12000 ? low - 1 : 32767 ))
-    while :; do
-        p=$(( 10000 + RANDOM % (hi - 10000) ))
-        if [ -z "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ] &&
-            ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
 }
 
 # Waits up to 10 s for 127.0.0.1:$1 to accept connections.

@@ -16,26 +16,9 @@ suture_bin="$repo/target/release/suture"
 
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 
-# Runs a PostgreSQL binary as the postgres OS user when we are root.
-as_pg() {
-    if [ "$(id -u)" -eq 0 ]; then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
-
-# A port nobody listens on right now.
-free_port() {
-    local p
-    while :; do
-        p=$(( (RANDOM % 20000) + 20000 ))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return
-        fi
-    done
-}
+# as_pg, free_port.
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 
 work=$(mktemp -d /tmp/suture-quickstart.XXXXXX)
 suture_pid=""

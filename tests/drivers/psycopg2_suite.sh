@@ -27,6 +27,9 @@ set -euo pipefail
 PSYCOPG2_VERSION=2.9.10
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
+# free_port.
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 CACHE="$ROOT/target/drivers"
 RESULTS="$CACHE/results"
 SUITE_DIR="$CACHE/psycopg2-$PSYCOPG2_VERSION"
@@ -92,10 +95,6 @@ if [[ ! -f "$SUITE_DIR/tests/__init__.py" ]]; then
 fi
 
 # --- 2. a throwaway PostgreSQL ---------------------------------------------------
-free_port() {
-    "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 WORK="$(mktemp -d /tmp/suture-psycopg2.XXXXXX)"
 SUTURE_PID=""
 PG_STARTED=""
