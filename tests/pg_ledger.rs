@@ -620,9 +620,11 @@ async fn ledger_no_lost_ack_no_double_execution_truthful_errors() -> anyhow::Res
         // Logins are kept cheap (see [`USER`]): clients use trust on the
         // loopback listener.
         ("client_auth", "\"trust\""),
-        // Session pooling: every client holds a backend, so the pool must
-        // fit all clients plus room for replacements.
-        ("max_size", &(CLIENTS + 8).to_string()),
+        // Session pooling sized like the application's own pool: one
+        // backend per client and not one more, so every heal must happen
+        // in the slot its session already holds (DESIGN §4).
+        ("max_size", &CLIENTS.to_string()),
+        ("min_idle", "0"),
     ])
     .await?;
     {
@@ -794,7 +796,7 @@ async fn ledger_no_lost_ack_no_double_execution_truthful_errors() -> anyhow::Res
     }
     // Statements (and logins) that failed with no ErrorResponse at all: the
     // client saw its connection close or break, the bare EOF §3 says Suture
-    // exists to prevent. Reported, not yet failed on.
+    // exists to prevent.
     let notices = NOTICES.lock().map(|n| n.clone()).unwrap_or_default();
     s.push_str("notices to clients by SQLSTATE:\n");
     for (code, (n, msg)) in &notices {
@@ -865,6 +867,14 @@ async fn ledger_no_lost_ack_no_double_execution_truthful_errors() -> anyhow::Res
     ensure!(
         disallowed.is_empty(),
         "clients saw SQLSTATEs §3 does not allow: {disallowed:?} (seed {seed})"
+    );
+    ensure!(
+        bare_total == 0,
+        "{bare_total} statements failed with a bare close, no SQLSTATE (seed {seed}): {bare:?}"
+    );
+    ensure!(
+        hung.is_empty(),
+        "statements got no answer within {STEP:?} (seed {seed}): {hung:?}"
     );
     Ok(())
 }

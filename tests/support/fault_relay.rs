@@ -69,6 +69,11 @@ struct FlowState {
     mode: Mode,
     /// Stop reading from the client side (its writes eventually block).
     stop_reading: bool,
+    /// Per direction: reset the flow after this many more bytes, counted
+    /// from the command that set it (applied once per `cut_seq`).
+    cut_in: [Option<u64>; 2],
+    /// Bumped by every command that sets `cut_in`.
+    cut_seq: u64,
     /// Bumped on every command, acknowledged by the copy tasks.
     generation: u64,
 }
@@ -77,6 +82,8 @@ struct Flow {
     ctl: watch::Sender<FlowState>,
     /// Per direction: the last generation the copy task acted on, or ENDED.
     acked: watch::Sender<[u64; 2]>,
+    /// Per direction: bytes forwarded so far.
+    forwarded: [AtomicU64; 2],
 }
 
 impl Flow {
@@ -269,6 +276,28 @@ impl FaultRelay {
         self.shared().cut[direction.index()].store(n_bytes, Ordering::Relaxed);
     }
 
+    /// For every open flow: after `n_bytes` more have been forwarded in
+    /// `direction` (counted from now), reset the flow. Returns once every
+    /// copy task has taken the command.
+    pub(crate) async fn cut_open_after(
+        &self,
+        direction: Direction,
+        n_bytes: u64,
+    ) -> anyhow::Result<()> {
+        self.command_all(|st| {
+            st.cut_in[direction.index()] = Some(n_bytes);
+            st.cut_seq += 1;
+        })
+        .await
+    }
+
+    /// Bytes flow `i` has forwarded in `direction` so far.
+    pub(crate) fn forwarded(&self, i: usize, direction: Direction) -> u64 {
+        lock(&self.shared().flows).get(i).map_or(0, |f| {
+            f.forwarded[direction.index()].load(Ordering::Relaxed)
+        })
+    }
+
     /// Turn off `cut_after` for flows accepted from now on.
     pub(crate) fn clear_cuts(&self) {
         for cut in &self.shared().cut {
@@ -341,9 +370,12 @@ async fn open_flow(client: TcpStream, shared: Arc<Shared>) {
         ctl: watch::Sender::new(FlowState {
             mode: Mode::Forward,
             stop_reading: false,
+            cut_in: [None, None],
+            cut_seq: 0,
             generation: 0,
         }),
         acked: watch::Sender::new([0, 0]),
+        forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
     });
     lock(&shared.flows).push(Arc::clone(&flow));
     let (client_r, client_w) = client.into_split();
@@ -406,8 +438,15 @@ impl Pump {
         };
         let mut ctl = self.flow.ctl.subscribe();
         let mut buf = vec![0_u8; 16 * 1024];
+        let mut cut_seq = 0;
         loop {
             let st = *ctl.borrow_and_update();
+            if st.cut_seq != cut_seq {
+                cut_seq = st.cut_seq;
+                if let Some(n) = st.cut_in[self.dir.index()] {
+                    self.cut = n;
+                }
+            }
             match st.mode {
                 Mode::Rst => return self.reset(),
                 Mode::Fin => return self.fin(),
@@ -456,7 +495,9 @@ impl Pump {
                 (n, false)
             };
             match self.forward(&buf[..len], &mut ctl).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    self.flow.forwarded[self.dir.index()].fetch_add(len as u64, Ordering::Relaxed);
+                }
                 Err(Next::Reconsider) => continue,
                 Err(Next::Done) => return,
             }

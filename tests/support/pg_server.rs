@@ -19,7 +19,7 @@ use super::free_port;
 
 /// Bumped whenever the template's contents change, so a stale template
 /// left in the temp dir by an older harness is never reused.
-const TEMPLATE_VERSION: u32 = 1;
+const TEMPLATE_VERSION: u32 = 2;
 
 /// Superuser password set by initdb.
 pub(crate) const SUPERUSER_PASSWORD: &str = "postgres";
@@ -297,6 +297,7 @@ fn build_template(bin: &Path, base: &Path, data: &Path) -> anyhow::Result<()> {
         "\n# suture test harness\n\
          shared_buffers = 16MB\n\
          max_connections = 100\n\
+         max_prepared_transactions = 4\n\
          fsync = off\n\
          synchronous_commit = off\n\
          full_page_writes = off\n\

@@ -72,8 +72,21 @@ impl RawClient {
 
     /// Sends a protocol 3.0 StartupMessage.
     pub(crate) async fn send_startup(&mut self, user: &str, db: &str) -> anyhow::Result<()> {
+        self.send_startup_with(user, db, &[]).await
+    }
+
+    /// Sends a StartupMessage with extra parameters (e.g. `client_encoding`).
+    pub(crate) async fn send_startup_with(
+        &mut self,
+        user: &str,
+        db: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let mut buf = BytesMut::new();
-        frontend::startup_message([("user", user), ("database", db)], &mut buf)?;
+        let params = [("user", user), ("database", db)]
+            .into_iter()
+            .chain(extra.iter().copied());
+        frontend::startup_message(params, &mut buf)?;
         self.send(&buf).await
     }
 
@@ -92,7 +105,18 @@ impl RawClient {
         password: &str,
         db: &str,
     ) -> anyhow::Result<LoginInfo> {
-        self.send_startup(user, db).await?;
+        self.login_with(user, password, db, &[]).await
+    }
+
+    /// Like [`RawClient::login`], with extra startup parameters.
+    pub(crate) async fn login_with(
+        &mut self,
+        user: &str,
+        password: &str,
+        db: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<LoginInfo> {
+        self.send_startup_with(user, db, extra).await?;
         let mut info = LoginInfo::default();
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -204,6 +228,14 @@ impl RawClient {
         }
     }
 
+    /// Reads messages up to and including the next ReadyForQuery.
+    pub(crate) async fn read_until_ready(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<Vec<BackendMsg>> {
+        self.read_until(b'Z', limit).await
+    }
+
     /// Reads everything until EOF or `limit`, whichever is first. Bytes
     /// already buffered by earlier reads are included.
     pub(crate) async fn read_to_eof(&mut self, limit: Duration) -> ReadOutcome {
@@ -242,6 +274,71 @@ impl RawClient {
                 Ok(Ok(n)) => total += n as u64,
             }
         }
+    }
+}
+
+/// Encoders for the extended-protocol messages tests send by hand.
+pub(crate) mod ext {
+    use bytes::BytesMut;
+    use postgres_protocol::message::frontend;
+
+    /// Parse of an unnamed (or named) statement without parameter types.
+    pub(crate) fn parse(name: &str, sql: &str, out: &mut BytesMut) -> anyhow::Result<()> {
+        frontend::parse(name, sql, std::iter::empty(), out)?;
+        Ok(())
+    }
+
+    /// Bind of the unnamed portal to `statement`, no parameters, text results.
+    pub(crate) fn bind(statement: &str, out: &mut BytesMut) -> anyhow::Result<()> {
+        let no_params: [Option<&[u8]>; 0] = [];
+        let bound = frontend::bind(
+            "",
+            statement,
+            std::iter::empty::<i16>(),
+            no_params,
+            |_param: Option<&[u8]>, _buf| Ok(postgres_protocol::IsNull::Yes),
+            std::iter::empty::<i16>(),
+            out,
+        );
+        match bound {
+            Ok(()) => Ok(()),
+            Err(_) => anyhow::bail!("encoding Bind failed"),
+        }
+    }
+
+    /// Describe of the unnamed portal.
+    pub(crate) fn describe_portal(out: &mut BytesMut) -> anyhow::Result<()> {
+        frontend::describe(b'P', "", out)?;
+        Ok(())
+    }
+
+    /// Execute of the unnamed portal, all rows.
+    pub(crate) fn execute(out: &mut BytesMut) -> anyhow::Result<()> {
+        frontend::execute("", 0, out)?;
+        Ok(())
+    }
+
+    pub(crate) fn sync(out: &mut BytesMut) {
+        frontend::sync(out);
+    }
+
+    pub(crate) fn flush(out: &mut BytesMut) {
+        frontend::flush(out);
+    }
+
+    /// A simple Query message.
+    pub(crate) fn query(sql: &str, out: &mut BytesMut) -> anyhow::Result<()> {
+        frontend::query(sql, out)?;
+        Ok(())
+    }
+
+    /// A simple Query message whose text is raw bytes (any encoding).
+    pub(crate) fn query_bytes(sql: &[u8], out: &mut BytesMut) {
+        let len = i32::try_from(4 + sql.len() + 1).unwrap_or(i32::MAX);
+        out.extend_from_slice(b"Q");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(sql);
+        out.extend_from_slice(&[0]);
     }
 }
 
