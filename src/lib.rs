@@ -7,4 +7,5 @@ mod pool;
 mod postgres;
 mod retry_budget;
 pub mod server;
+mod session;
 mod stream;

@@ -1,10 +1,13 @@
 //! The backend connection pool, protocol-agnostic (DESIGN §2, §5).
 //!
-//! A [`Pool`] holds one sub-pool per key (for PostgreSQL: user, database and startup options).
-//! Each sub-pool keeps its idle connections, caps how many are checked out at once with a
-//! semaphore of `max_size` permits, bounds how many callers may wait for a permit, keeps
-//! `min_idle` warm spares, and retires connections past `idle_timeout` or their jittered
-//! `max_lifetime`, and retires idle ones before the server's own idle limit would close them.
+//! A [`Pool`] holds one sub-pool per key (for PostgreSQL: user and database; startup options
+//! are settings applied at checkout, not part of the key). Each sub-pool keeps its idle
+//! connections, caps how many are checked out at once with a semaphore of `max_size` permits
+//! (a checkout is a slot: a heal or rotation replaces the connection inside it, so a full pool
+//! heals as fast as an empty one), bounds how many callers may wait for a permit, keeps
+//! `min_idle` warm spares, retires connections past `idle_timeout` or their jittered
+//! `max_lifetime`, retires idle ones before the server's own idle limit would close them, and
+//! is dropped once nobody has used it for `idle_timeout`.
 //! When no backend can be reached, a checkout is held (DESIGN §5: failover hold): it retries with
 //! exponential backoff and jitter until `failover_hold` runs out, with at most `max_held` callers
 //! held per pool. Maintenance health-checks connections that have been quiet for
@@ -126,6 +129,8 @@ struct SubPool<C> {
     checking: AtomicUsize,
     /// A top-up task is running.
     topping_up: AtomicBool,
+    /// When a caller last took or gave back a connection (for dropping unused sub-pools).
+    last_used: Mutex<Instant>,
 }
 
 impl<C> SubPool<C> {
@@ -134,6 +139,21 @@ impl<C> SubPool<C> {
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Nobody holds, waits for, checks or opens a connection of it, and nobody used it for
+    /// `unused_for`.
+    fn unused(&self, max_size: usize, now: Instant, unused_for: Duration) -> bool {
+        let last = *self.last_used.lock().unwrap_or_else(|p| p.into_inner());
+        self.permits.available_permits() == max_size
+            && self.waiting.load(Ordering::Acquire) == 0
+            && self.checking.load(Ordering::Acquire) == 0
+            && !self.topping_up.load(Ordering::Acquire)
+            && now.duration_since(last) >= unused_for
     }
 }
 
@@ -191,6 +211,8 @@ impl<M: Manager> Pool<M> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(sub) = map.get(key) {
+            // Under the map lock, so maintenance never drops a sub-pool just handed out.
+            sub.touch();
             return Arc::clone(sub);
         }
         let sub = Arc::new(SubPool {
@@ -199,6 +221,7 @@ impl<M: Manager> Pool<M> {
             waiting: AtomicUsize::new(0),
             checking: AtomicUsize::new(0),
             topping_up: AtomicBool::new(false),
+            last_used: Mutex::new(Instant::now()),
         });
         map.insert(key.clone(), Arc::clone(&sub));
         drop(map);
@@ -210,6 +233,7 @@ impl<M: Manager> Pool<M> {
     /// Waiting for a free slot is bounded by the checkout timeout. Opening a connection is
     /// bounded by the failover hold: connection-level failures are retried with backoff until it
     /// runs out ([`PoolError::Unavailable`]); with no hold, by the rest of the checkout timeout.
+    /// Both are measured from the start of the checkout.
     /// Cancel-safe: a dropped call leaks neither a permit, a connection nor a held count.
     pub(crate) async fn checkout(&self, key: &M::Key) -> Result<Checkout<M>, PoolError<M::Error>> {
         let started = Instant::now();
@@ -219,20 +243,34 @@ impl<M: Manager> Pool<M> {
             Ok(permit) => permit,
             Err(_) => self.wait_for_permit(&sub, limit).await?,
         };
-        let pooled = match self.take_idle(&sub).await {
-            Some(pooled) => pooled,
-            None if self.inner.settings.failover_hold.is_zero() => {
-                let remaining = limit.saturating_sub(started.elapsed());
-                match tokio::time::timeout(remaining, self.inner.manager.connect(key)).await {
-                    Ok(Ok(conn)) => self.fresh(conn),
-                    Ok(Err(err)) => return Err(PoolError::Connect(err)),
-                    Err(_) => return Err(PoolError::ConnectTimeout(limit)),
-                }
-            }
-            None => self.open_held(key, &sub).await?,
-        };
+        let pooled = self.fill_slot(key, &sub, started).await?;
         self.record_checkout(started);
         Ok(self.wrap(pooled, key, permit))
+    }
+
+    /// A connection for a slot the caller already holds: an idle one if there is one, else a
+    /// new one (held through the failover hold, or bounded by the checkout timeout without
+    /// one), all measured from `started`.
+    async fn fill_slot(
+        &self,
+        key: &M::Key,
+        sub: &SubPool<M::Conn>,
+        started: Instant,
+    ) -> Result<Pooled<M::Conn>, PoolError<M::Error>> {
+        if let Some(pooled) = self.take_idle(sub).await {
+            return Ok(pooled);
+        }
+        let settings = &self.inner.settings;
+        if settings.failover_hold.is_zero() {
+            let limit = settings.checkout_timeout;
+            let remaining = limit.saturating_sub(started.elapsed());
+            return match tokio::time::timeout(remaining, self.inner.manager.connect(key)).await {
+                Ok(Ok(conn)) => Ok(self.fresh(conn)),
+                Ok(Err(err)) => Err(PoolError::Connect(err)),
+                Err(_) => Err(PoolError::ConnectTimeout(limit)),
+            };
+        }
+        self.open_held(key, sub, started).await
     }
 
     /// The newest usable idle connection, retiring unusable ones on the way. One that has been
@@ -274,9 +312,9 @@ impl<M: Manager> Pool<M> {
         &self,
         key: &M::Key,
         sub: &SubPool<M::Conn>,
+        started: Instant,
     ) -> Result<Pooled<M::Conn>, PoolError<M::Error>> {
         let hold = self.inner.settings.failover_hold;
-        let started = Instant::now();
         let deadline = started + hold;
         let mut backoff = Backoff::new();
         let mut held: Option<Held<'_>> = None;
@@ -456,14 +494,15 @@ impl<M: Manager> Pool<M> {
     /// quiet for `health_check_after` (concurrently, in the background; the good ones come
     /// back), and top every sub-pool up to `min_idle`.
     pub(crate) fn maintain(&self) {
+        let now = Instant::now();
+        let settings = &self.inner.settings;
+        self.drop_unused(now);
         let subs: SubPools<M> = self
             .inner
             .subpools
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let now = Instant::now();
-        let settings = &self.inner.settings;
         let check_after = settings.health_check_after;
         for (key, sub) in subs {
             let mut to_check = Vec::new();
@@ -501,6 +540,31 @@ impl<M: Manager> Pool<M> {
                 self.spawn_health_check(pooled, Arc::clone(&sub));
             }
             self.spawn_top_up(key, sub);
+        }
+    }
+
+    /// Drops the sub-pools nobody used for `idle_timeout` (closing their idle connections), so
+    /// keys that clients stop using cost nothing.
+    fn drop_unused(&self, now: Instant) {
+        let settings = &self.inner.settings;
+        let dropped: Vec<Arc<SubPool<M::Conn>>> = {
+            let mut map = self
+                .inner
+                .subpools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let unused: Vec<M::Key> = map
+                .iter()
+                .filter(|(_, sub)| sub.unused(settings.max_size, now, settings.idle_timeout))
+                .map(|(key, _)| key.clone())
+                .collect();
+            unused.iter().filter_map(|key| map.remove(key)).collect()
+        };
+        for sub in dropped {
+            let closed = std::mem::take(&mut *sub.idle());
+            for _ in &closed {
+                self.count_close("idle_timeout");
+            }
         }
     }
 
@@ -583,6 +647,30 @@ impl<M: Manager> Checkout<M> {
     /// Counts a close the holder makes for `reason` (the connection itself closes on drop).
     pub(crate) fn count_close(&self, reason: &'static str) {
         self.pool.count_close(reason);
+    }
+
+    /// Replaces the connection inside this slot with an idle one of the same key or a new one
+    /// (held through the failover hold like a checkout, without waiting for another slot).
+    /// The old connection is closed once the new one is in; on failure it stays (the caller
+    /// has usually found it dead already).
+    pub(crate) async fn replace(&mut self) -> Result<(), PoolError<M::Error>> {
+        let started = Instant::now();
+        let pool = self.pool.clone();
+        let sub = pool.subpool(&self.key);
+        let fresh = pool.fill_slot(&self.key, &sub, started).await?;
+        pool.record_checkout(started);
+        drop(self.conn.replace(fresh));
+        Ok(())
+    }
+
+    /// Whether a new connection for this key can be opened without passing `max_size` (an idle
+    /// one is there to take, or fewer than `max_size` exist).
+    pub(crate) fn has_room(&self) -> bool {
+        let sub = self.pool.subpool(&self.key);
+        let idle = sub.idle().len();
+        let max = self.pool.inner.settings.max_size;
+        let in_use = max.saturating_sub(sub.permits.available_permits());
+        idle > 0 || idle + in_use < max
     }
 
     /// Returns a connection whose session state the caller has already reset.

@@ -439,3 +439,76 @@ async fn black_holed_connections_fail_the_health_check_without_blocking_maintena
     let mut c = pool.checkout(&"k").await.expect("checkout");
     assert!(c.conn().id >= 2, "a black-holed connection was handed out");
 }
+
+#[tokio::test]
+async fn a_full_pool_replaces_a_connection_inside_its_slot() {
+    let m = manager();
+    let pool = Pool::new("t", Arc::clone(&m), settings(0, 2, 10));
+    let mut a = pool.checkout(&"k").await.expect("checkout");
+    let _b = pool.checkout(&"k").await.expect("checkout");
+    assert!(!a.has_room(), "both slots are taken");
+    let before = a.conn().id;
+    let started = Instant::now();
+    a.replace()
+        .await
+        .expect("a new connection in the same slot");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "no wait for another slot"
+    );
+    assert_ne!(a.conn().id, before);
+    // Still two slots in use: a third caller waits and times out.
+    let err = pool.checkout(&"k").await.err().expect("pool is full");
+    assert!(matches!(err, PoolError::WaitTimeout(_)), "{err}");
+}
+
+#[tokio::test]
+async fn replace_takes_an_idle_connection_first_and_keeps_the_old_one_on_failure() {
+    let m = manager();
+    let pool = Pool::new("t", Arc::clone(&m), settings(0, 3, 10));
+    let spare = pool.checkout(&"k").await.expect("checkout");
+    let spare_id = {
+        let mut s = spare;
+        let id = s.conn().id;
+        s.checkin();
+        id
+    };
+    let mut a = pool.checkout(&"k").await.expect("checkout");
+    let mut b = pool.checkout(&"k").await.expect("checkout");
+    assert!(b.has_room());
+    b.replace().await.expect("replace");
+    assert!(a.conn().id == spare_id || b.conn().id == spare_id);
+    m.refuse.store(true, Ordering::SeqCst);
+    let kept = a.conn().id;
+    assert!(a.replace().await.is_err());
+    assert_eq!(
+        a.conn().id,
+        kept,
+        "the old connection stays when none can be had"
+    );
+}
+
+#[tokio::test]
+async fn unused_sub_pools_are_dropped_with_their_spares() {
+    let m = manager();
+    let mut s = settings(1, 2, 10);
+    s.idle_timeout = Duration::from_millis(50);
+    let pool = Pool::new("t", Arc::clone(&m), s);
+    let c = pool.checkout(&"gone").await.expect("checkout");
+    c.checkin();
+    let held = pool.checkout(&"busy").await.expect("checkout");
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    pool.maintain();
+    let keys: Vec<&str> = pool
+        .inner
+        .subpools
+        .lock()
+        .map(|m| m.keys().copied().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        keys,
+        vec!["busy"],
+        "the unused sub-pool is gone, the busy one stays"
+    );
+    drop(held);
+}

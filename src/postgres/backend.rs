@@ -119,6 +119,24 @@ impl BackendError {
         }
     }
 
+    /// What a client may be told of this failure: its kind, without host names or addresses.
+    pub(crate) fn client_reason(&self) -> &'static str {
+        match self {
+            BackendError::Connect(_) => "the server could not be reached",
+            BackendError::Tls(_) | BackendError::TlsRefused(_) => "TLS could not be negotiated",
+            BackendError::Timeout { .. } => "the login timed out",
+            BackendError::Wire(_) | BackendError::Discovery(_) => {
+                "the connection failed during login"
+            }
+            BackendError::Refused(_) => "the server refused the login",
+            BackendError::UnsupportedAuth(_) => {
+                "the server asked for an unsupported authentication method"
+            }
+            BackendError::UnknownUser(_) => "no password is configured for this user",
+            BackendError::ReadOnly(_) => "the server is read-only and the pool wants a primary",
+        }
+    }
+
     /// Whether the failover hold should keep trying (DESIGN §5): the server could not be
     /// reached, could not finish a login right now, or has the wrong role. An authentication
     /// refusal, an unknown database or a TLS mode the server does not offer are answers, not
@@ -237,10 +255,10 @@ async fn connect_one(
     let max = ctx.max_message_size;
     let login = async {
         let mut out = BytesMut::new();
-        let mut startup: Vec<(&str, &str)> = vec![("user", &key.user), ("database", &key.database)];
-        if let Some(options) = &key.options {
-            startup.push(("options", options));
-        }
+        let startup = [
+            ("user", key.user.as_str()),
+            ("database", key.database.as_str()),
+        ];
         pg::encode_startup(&startup, &mut out).map_err(WireError::from)?;
         wire::write_all(&mut writer, &out, t.auth).await?;
         backend_auth::authenticate(
@@ -304,7 +322,24 @@ pub(super) fn refused(body: &[u8]) -> BackendError {
     }
 }
 
+/// How long a Terminate to a backend Suture closes on purpose may take.
+const TERMINATE_LIMIT: Duration = Duration::from_millis(200);
+
 impl BackendConn {
+    /// Tells the backend the session is over (Terminate) and marks the connection unusable;
+    /// best effort, briefly bounded.
+    pub(crate) async fn terminate(&mut self) {
+        self.broken = true;
+        let mut out = BytesMut::new();
+        pg::encode_terminate(&mut out);
+        let _ = wire::write_all(&mut self.writer, &out, TERMINATE_LIMIT).await;
+        let _ = tokio::time::timeout(
+            TERMINATE_LIMIT,
+            tokio::io::AsyncWriteExt::shutdown(&mut self.writer),
+        )
+        .await;
+    }
+
     /// Checks an idle connection without waiting: FIN, RST or an unsolicited ErrorResponse make
     /// it unusable (returns the cause label); ParameterStatus, notices and notifications that
     /// arrived while idle are read and kept track of.

@@ -21,8 +21,8 @@ use crate::postgres::wire;
 pub(crate) struct ClientLogin {
     pub(crate) user: String,
     pub(crate) database: String,
-    pub(crate) options: Option<String>,
-    /// Every other startup parameter: run-time settings applied with SET on the backend.
+    /// Run-time settings applied on the backend at checkout: those the `options` parameter
+    /// sets, then every other startup parameter (which wins, as in PostgreSQL).
     pub(crate) settings: Vec<(String, String)>,
 }
 
@@ -32,7 +32,6 @@ impl ClientLogin {
         PgKey {
             user: self.user.clone(),
             database: self.database.clone(),
-            options: self.options.clone(),
         }
     }
 }
@@ -71,10 +70,13 @@ pub(crate) async fn login(
                 stream.write_all(b"N").await?;
             }
             Some(StartupRequest::Cancel(request)) => {
-                if let Some(target) = svc.cancels.lookup(request.process_id, request.secret_key) {
+                if let Some((target, guard)) =
+                    svc.cancels.lookup(request.process_id, request.secret_key)
+                {
                     if let Err(err) = cancel::forward(target, svc.config.timeouts.connect).await {
                         tracing::warn!(error = %err, "could not forward cancel request");
                     }
+                    drop(guard);
                 }
                 return Ok(LoginOutcome::Cancelled);
             }
@@ -103,24 +105,71 @@ fn parse_login(
             .unwrap_or(&user)
             .to_owned(),
     };
-    let mut options = None;
+    let mut from_options = Vec::new();
     let mut settings = Vec::new();
     for (name, value) in startup.params {
         match name.as_str() {
             "user" | "database" => {}
-            "options" => options = Some(value).filter(|v| !v.trim().is_empty()),
+            "options" => from_options = options_settings(&value)?,
             "replication" => return Err(ClientError::Unsupported("replication connections")),
             // Protocol extensions (`_pq_.*`) are not negotiated: drop them.
             n if n.starts_with("_pq_.") => {}
             _ => settings.push((name, value)),
         }
     }
+    from_options.extend(settings);
     Ok(ClientLogin {
         user,
         database,
-        options,
-        settings,
+        settings: from_options,
     })
+}
+
+/// The settings an `options` startup parameter makes, as PostgreSQL reads it: arguments split
+/// at spaces (a backslash keeps the next character, a space included), each `-c name=value`,
+/// `-cname=value` or `--name=value`, with dashes in names read as underscores. Other switches
+/// are refused: they are not settings a pooled backend could take on.
+fn options_settings(options: &str) -> Result<Vec<(String, String)>, ClientError> {
+    let mut args = Vec::new();
+    let mut arg = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => arg.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !arg.is_empty() {
+                    args.push(std::mem::take(&mut arg));
+                }
+            }
+            c => arg.push(c),
+        }
+    }
+    if !arg.is_empty() {
+        args.push(arg);
+    }
+    let mut settings = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let assignment = if arg == "-c" {
+            args.next()
+        } else if let Some(rest) = arg.strip_prefix("--") {
+            Some(rest.to_owned())
+        } else {
+            arg.strip_prefix("-c").map(str::to_owned)
+        };
+        let parsed = assignment.as_deref().and_then(|a| a.split_once('='));
+        match parsed {
+            Some((name, value)) if !name.is_empty() => {
+                settings.push((name.replace('-', "_"), value.to_owned()));
+            }
+            _ => {
+                return Err(ClientError::Unsupported(
+                    "startup options other than -c name=value",
+                ))
+            }
+        }
+    }
+    Ok(settings)
 }
 
 /// Verifies the client's password per the pool's `client_auth`; does not send AuthenticationOk
@@ -230,10 +279,12 @@ mod tests {
         .expect("valid");
         assert_eq!(login.user, "app");
         assert_eq!(login.database, "app");
-        assert_eq!(login.options.as_deref(), Some("-c x=1"));
         assert_eq!(
             login.settings,
-            vec![("application_name".to_string(), "psql".to_string())]
+            vec![
+                ("x".to_string(), "1".to_string()),
+                ("application_name".to_string(), "psql".to_string())
+            ]
         );
     }
 
@@ -257,5 +308,47 @@ mod tests {
             parse_login(&None, startup(&[("user", "a"), ("replication", "true")])),
             Err(ClientError::Unsupported(_))
         ));
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn options_are_read_as_postgresql_reads_them() {
+        let got = options_settings(r"-c search_path=a,\ b  -cstatement_timeout=5s --work-mem=64MB")
+            .expect("valid");
+        assert_eq!(
+            got,
+            pairs(&[
+                ("search_path", "a, b"),
+                ("statement_timeout", "5s"),
+                ("work_mem", "64MB")
+            ])
+        );
+        assert_eq!(options_settings("  ").expect("empty"), vec![]);
+        for bad in ["-d 5", "-c", "-c nothing", "--=x", "plain"] {
+            assert!(options_settings(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn explicit_parameters_win_over_options() {
+        let login = parse_login(
+            &None,
+            startup(&[
+                ("user", "app"),
+                ("options", "-c application_name=o"),
+                ("application_name", "p"),
+            ]),
+        )
+        .expect("valid");
+        let applied: std::collections::BTreeMap<_, _> = login.settings.into_iter().collect();
+        assert_eq!(
+            applied.get("application_name").map(String::as_str),
+            Some("p")
+        );
     }
 }

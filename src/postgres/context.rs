@@ -17,13 +17,12 @@ use crate::postgres::client_auth::UserSecrets;
 use crate::retry_budget::{RetryBudget, DEFAULT_BURST, DEFAULT_REFILL_PER_SECOND};
 
 /// Which sub-pool a backend connection belongs to: what PostgreSQL fixes at login and `SET`
-/// cannot change afterwards.
+/// cannot change afterwards. A client's startup options are settings applied at checkout, so
+/// they never multiply sub-pools (DESIGN §5).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PgKey {
     pub(crate) user: String,
     pub(crate) database: String,
-    /// The `options` startup parameter, passed through verbatim.
-    pub(crate) options: Option<String>,
 }
 
 /// How to open backend connections for one pool.

@@ -1,6 +1,7 @@
 //! Errors of a PostgreSQL client session, each with the ErrorResponse the client is shown and a
 //! fixed metrics label. The client sees a SQLSTATE and a message that never leak internals beyond
-//! the cause class.
+//! the cause class: a backend that cannot be reached is named by its pool, never by host name or
+//! address (those go to the log).
 
 use std::io;
 
@@ -79,8 +80,9 @@ fn from_server(fields: &ErrorFields) -> Option<ClientNotice> {
 }
 
 impl ClientError {
-    /// What the client is told, if anything can still be told (not when its socket failed).
-    pub(crate) fn notice(&self) -> Option<ClientNotice> {
+    /// What the client of pool `pool` is told, if anything can still be told (not when its
+    /// socket failed).
+    pub(crate) fn notice(&self, pool: &str) -> Option<ClientNotice> {
         match self {
             ClientError::Wire(WireError::Protocol(err)) => {
                 fatal("08P01", format!("invalid message: {err}"))
@@ -108,20 +110,34 @@ impl ClientError {
                 fatal("53300", "sorry, too many clients already")
             }
             ClientError::Pool(err @ PoolError::WaitTimeout(_)) => fatal("53300", err.to_string()),
-            ClientError::Pool(
-                err @ (PoolError::Unavailable { .. } | PoolError::HoldFull { .. }),
-            ) => fatal(
+            ClientError::Pool(PoolError::Unavailable { hold, .. }) => fatal(
                 "57P03",
-                format!("the database system is not accepting connections: {err}"),
+                format!(
+                    "the database system of pool \"{pool}\" is not accepting connections: none reachable within the failover hold ({hold:?})"
+                ),
             ),
-            ClientError::Pool(err) => fatal(
+            ClientError::Pool(PoolError::HoldFull { .. }) => fatal(
+                "57P03",
+                format!(
+                    "the database system of pool \"{pool}\" is not accepting connections, and too many clients are already waiting for it"
+                ),
+            ),
+            ClientError::Pool(PoolError::ConnectTimeout(limit)) => fatal(
                 "08006",
-                format!("could not connect to the database server: {err}"),
+                format!("could not connect to the database server of pool \"{pool}\": timed out after {limit:?}"),
+            ),
+            ClientError::Pool(PoolError::Connect(err)) => fatal(
+                "08006",
+                format!(
+                    "could not connect to the database server of pool \"{pool}\": {}",
+                    err.client_reason()
+                ),
             ),
             ClientError::Settings(RunError::Server(fields)) => from_server(fields),
-            ClientError::Settings(err) => {
-                fatal("08006", format!("could not apply startup settings: {err}"))
-            }
+            ClientError::Settings(err) => fatal(
+                "08006",
+                format!("could not apply startup settings on the database server of pool \"{pool}\": {err}"),
+            ),
         }
     }
 

@@ -9,12 +9,17 @@ mod client_auth;
 mod client_login;
 mod command_phase;
 mod context;
+mod deadlines;
 mod discovery;
 mod errors;
+mod loss;
+mod lost;
+mod messages;
 mod relay;
 mod restore;
 mod session;
 mod session_state;
+mod statement;
 mod tracker;
 mod wire;
 

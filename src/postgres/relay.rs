@@ -2,24 +2,27 @@
 //!
 //! Each direction reads into its own buffer, walks the complete messages with the protocol
 //! crate's `Scanner` (huge DataRow/CopyData messages stream through in pieces), records what
-//! DESIGN §3 needs in the shared `Tracker`, and writes every forwardable prefix with a single
-//! write. Client→backend, extended-protocol messages (Parse, Bind, Describe, Execute, Close) are
-//! held until their Sync or Flush, so a batch reaches the backend whole or not at all; Query,
-//! FunctionCall and COPY data go at once. Both directions run as two futures of one task; the
-//! buffers live outside them, so dropping one mid-read loses nothing.
+//! DESIGN §3 needs in the session's ledger (`messages`), and writes every forwardable prefix.
+//! Both directions run as two futures of one task, and either may be dropped when the other
+//! ends, so everything they must not lose lives outside them: the buffers, the scanners (a
+//! COPY or a large row continues across a heal), and the reply bytes already recorded but not
+//! yet written to the client, which are written first on the next call. Writes to the client
+//! are single `write` calls, each accounted as it completes, so a dropped write loses nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use suture_protocol::pg::{self, Scanner, Step, TxStatus, HEADER_LEN};
+use bytes::{Buf, BytesMut};
+use suture_protocol::pg::{self, Scanner, Step, HEADER_LEN};
 use suture_protocol::ProtocolError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::liveness::{Liveness, Probe};
-use crate::postgres::session_state::classify;
-use crate::postgres::tracker::{Shared, Statement};
+use crate::postgres::deadlines::{far_or, quiet_end, BackendWatch, Deadlines};
+use crate::postgres::messages::{classify_backend, note_client_message, BackendMessage};
+use crate::postgres::tracker::Shared;
 use crate::postgres::wire::WireError;
+use crate::session::ledger::Reply;
 
 /// Held (unsent) extended-protocol bytes above this are sent without waiting for Sync.
 const MAX_HELD_BATCH: usize = 1024 * 1024;
@@ -58,107 +61,74 @@ pub(crate) enum RelayEnd {
     Rotate,
     /// The session has been quiet for the health-check interval: check its backend.
     CheckBackend,
-    /// A request that executes nothing got no answer for the health-check interval.
+    /// Requests the server never makes wait (Close, Sync) got no answer for the health-check
+    /// interval: the flow is dead or black-holed.
     Stalled,
 }
 
-/// What the client→backend direction watches about its backend besides the bytes.
-pub(crate) struct BackendWatch<'a> {
-    /// Peeks at the backend socket before the first write after idle.
-    pub(crate) probe: &'a Probe,
-    /// When the backend should be rotated out at the next quiet moment.
-    pub(crate) retire_at: Option<Instant>,
-    /// After this long without a client request, the session's backend gets a health check.
-    pub(crate) check_after: Option<Duration>,
-    /// Whether the client's stream is between messages (rotation must not cut a message).
-    pub(crate) boundary: &'a ClientBoundary,
-}
-
-/// A deadline far enough away to mean "never" (tokio timers need an instant).
-const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
-
-/// `at`, or a far-away instant when there is no deadline.
-fn far_or(at: Option<Instant>) -> tokio::time::Instant {
-    at.unwrap_or_else(|| Instant::now() + FAR).into()
-}
-
-/// The client→backend direction's two deadlines, served by one timer.
-struct Deadlines {
-    /// When the backend should be rotated out (pushed back while the session is busy).
-    rotate_at: Option<Instant>,
-    check_after: Option<Duration>,
-    /// When the session's backend gets a health check if the client stays quiet.
-    check_at: Option<Instant>,
-}
-
-impl Deadlines {
-    /// The earlier deadline, if any.
-    fn next(&self) -> Option<Instant> {
-        match (self.rotate_at, self.check_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// The timer fired at `now`. `at_boundary` says, when the client's stream is between
-    /// messages, whether the session is at rest and what a due health check ends with.
-    /// Returns how the relay should end, or None to go on (deadlines moved on).
-    fn fired(
-        &mut self,
-        now: Instant,
-        last_read: Instant,
-        at_boundary: impl Fn() -> Option<(bool, Option<RelayEnd>)>,
-    ) -> Option<RelayEnd> {
-        if self.rotate_at.is_some_and(|at| now >= at) {
-            if let Some((true, _)) = at_boundary() {
-                return Some(RelayEnd::Rotate);
-            }
-            self.rotate_at = Some(now + ROTATION_RETRY);
-        }
-        if let (Some(at), Some(after)) = (self.check_at, self.check_after) {
-            if now >= at {
-                let due = last_read + after;
-                if now < due {
-                    self.check_at = Some(due);
-                } else {
-                    self.check_at = Some(now + after);
-                    if let Some((_, Some(end))) = at_boundary() {
-                        return Some(end);
-                    }
-                }
-            }
-        }
-        None
-    }
-}
-
-/// What a session quiet for the whole health-check interval should do, if anything.
-fn quiet_end(tracker: &crate::postgres::tracker::Tracker) -> Option<RelayEnd> {
-    if tracker.pending == 0 && tracker.tx_status == TxStatus::Idle {
-        return Some(RelayEnd::CheckBackend);
-    }
-    // A request that executes nothing (Close, Sync) answers at once; no answer at all for the
-    // whole interval means the flow is dead or black-holed.
-    if tracker.pending > 0 && tracker.side_effect_free && tracker.bytes_to_client == 0 {
-        return Some(RelayEnd::Stalled);
-    }
-    None
-}
-
-/// How long to wait before looking again when a rotation is due but the session is busy.
-const ROTATION_RETRY: Duration = Duration::from_millis(500);
-
-/// Whether the client's byte stream is at a message boundary, so Suture may still write an
-/// ErrorResponse of its own into it.
+/// Whether the client's byte stream is at a message boundary, so Suture may write a message of
+/// its own into it.
 #[derive(Default)]
 pub(crate) struct ClientBoundary {
     mid_message: AtomicBool,
 }
 
 impl ClientBoundary {
-    /// True when an ErrorResponse written now would be read as a whole message.
+    /// True when a message written now would be read as a whole message.
     pub(crate) fn at_boundary(&self) -> bool {
         !self.mid_message.load(Ordering::Acquire)
+    }
+
+    fn set(&self, mid_message: bool) {
+        self.mid_message.store(mid_message, Ordering::Release);
+    }
+}
+
+/// The client direction's state that outlives one relay call: the client's stream is framed
+/// continuously, whichever backend serves it.
+pub(crate) struct ClientStream {
+    pub(crate) scanner: Scanner,
+    /// Bytes at the front of the client buffer already walked and registered in the ledger.
+    pub(crate) scanned: usize,
+    /// The ledger offset of the first byte of the client buffer.
+    pub(crate) base: u64,
+    /// Bytes of the client's stream to drop before anything else: the rest of a message whose
+    /// start went to a backend that was lost.
+    pub(crate) discard: usize,
+}
+
+impl ClientStream {
+    pub(crate) fn new(max_message_size: usize) -> ClientStream {
+        ClientStream {
+            scanner: Scanner::for_client(max_message_size),
+            scanned: 0,
+            base: 0,
+            discard: 0,
+        }
+    }
+}
+
+/// The backend direction's state that outlives one relay call, for one backend connection.
+pub(crate) struct BackendStream {
+    pub(crate) scanner: Scanner,
+    /// Bytes at the front of the backend's read buffer that were recorded as forwarded and
+    /// must reach the client before anything else does.
+    pub(crate) pending: usize,
+    read_size: ReadSize,
+}
+
+impl BackendStream {
+    pub(crate) fn new(max_message_size: usize) -> BackendStream {
+        BackendStream {
+            scanner: Scanner::new(max_message_size),
+            pending: 0,
+            read_size: ReadSize::default(),
+        }
+    }
+
+    /// Whether the client is between messages once the pending bytes are written.
+    pub(crate) fn ends_at_boundary(&self) -> bool {
+        !self.scanner.in_message()
     }
 }
 
@@ -166,6 +136,7 @@ impl ClientBoundary {
 pub(crate) async fn client_to_backend<C, B>(
     client: &mut C,
     cbuf: &mut BytesMut,
+    stream: &mut ClientStream,
     backend: &mut B,
     watch: BackendWatch<'_>,
     shared: &Shared,
@@ -179,43 +150,44 @@ where
     // One timer, kept across requests, for both the rotation and the health check: re-arming
     // a timer per request would cost a timer-wheel insert and removal on every round trip.
     // The health check is pushed back lazily, when the timer fires, from the client's last read.
-    let mut deadlines = Deadlines {
-        rotate_at: watch.retire_at,
-        check_after: watch.check_after,
-        check_at: watch.check_after.map(|after| Instant::now() + after),
-    };
+    let mut deadlines = Deadlines::new(&watch);
     let timer = tokio::time::sleep_until(far_or(deadlines.next()));
     tokio::pin!(timer);
     let mut last_read = Instant::now();
-    let mut scanner = Scanner::for_client(limits.max_message_size);
-    // cbuf[..scanned] has been walked; cbuf[..flush_to] may be sent.
-    let mut scanned = 0;
     loop {
+        if stream.discard > 0 && stream.scanned == 0 {
+            let n = stream.discard.min(cbuf.len());
+            cbuf.advance(n);
+            stream.discard -= n;
+        }
+        // cbuf[..flush_to] may be sent.
         let mut flush_to = 0;
         let mut terminate_at = None;
-        loop {
-            match scanner.next(cbuf, scanned) {
-                Ok(Step::Message { tag, start, end }) => {
-                    if tag == b'X' {
-                        terminate_at = Some(start);
-                        break;
+        if stream.discard == 0 {
+            loop {
+                match stream.scanner.next(cbuf, stream.scanned) {
+                    Ok(Step::Message { tag, start, end }) => {
+                        if tag == b'X' {
+                            terminate_at = Some(start);
+                            break;
+                        }
+                        if note_client_message(tag, &cbuf[start..end], &mut shared.lock()) {
+                            flush_to = end;
+                        }
+                        stream.scanned = end;
                     }
-                    if note_client_message(tag, &cbuf[start..end], shared) {
+                    Ok(Step::Passthrough { start, end, .. }) => {
+                        shared.lock().ledger.continuation(&cbuf[start..end]);
+                        stream.scanned = end;
                         flush_to = end;
                     }
-                    scanned = end;
+                    Ok(Step::NeedMore) => break,
+                    Err(err) => return RelayEnd::ClientProtocol(err),
                 }
-                Ok(Step::Passthrough { end, .. }) => {
-                    scanned = end;
-                    flush_to = end;
-                }
-                Ok(Step::NeedMore) => break,
-                Err(err) => return RelayEnd::ClientProtocol(err),
             }
         }
         if let Some(at) = terminate_at {
             if at > 0 {
-                shared.lock().in_write = at;
                 let sent = send_requests(backend, &cbuf[..at], probe, shared, limits.backend_write);
                 if let Err(err) = sent.await {
                     return RelayEnd::BackendGone(err);
@@ -223,11 +195,10 @@ where
             }
             return RelayEnd::ClientTerminated;
         }
-        if scanned > MAX_HELD_BATCH {
-            flush_to = scanned;
+        if stream.scanned > MAX_HELD_BATCH {
+            flush_to = stream.scanned;
         }
         if flush_to > 0 {
-            shared.lock().in_write = flush_to;
             let sent = send_requests(
                 backend,
                 &cbuf[..flush_to],
@@ -239,16 +210,16 @@ where
                 return RelayEnd::BackendGone(err);
             }
             cbuf.advance(flush_to);
-            shared.lock().in_write = 0;
-            scanned -= flush_to;
+            stream.base += flush_to as u64;
+            stream.scanned -= flush_to;
         }
         cbuf.reserve(CLIENT_READ_CHUNK);
         // Reading is the one point where nothing of ours is half done: read_buf is cancel-safe
         // and nothing is held for the backend. Rotation and the health check happen only here.
-        let read = match (watch.retire_at, watch.check_after) {
-            (None, None) => client.read_buf(cbuf).await,
-            _ if scanned != 0 => client.read_buf(cbuf).await,
-            _ => tokio::select! {
+        let read = if !deadlines.any() || stream.scanned != 0 {
+            client.read_buf(cbuf).await
+        } else {
+            tokio::select! {
                 read = client.read_buf(cbuf) => read,
                 () = &mut timer => {
                     let now = Instant::now();
@@ -265,7 +236,7 @@ where
                     timer.as_mut().reset(far_or(deadlines.next()));
                     continue;
                 }
-            },
+            }
         };
         if watch.check_after.is_some() {
             last_read = Instant::now();
@@ -278,87 +249,9 @@ where
     }
 }
 
-/// Records one client message (`message` is the whole message, header included); returns
-/// whether it ends a batch (so everything up to it is sent).
-fn note_client_message(tag: u8, message: &[u8], shared: &Shared) -> bool {
-    let body = message.get(HEADER_LEN..).unwrap_or_default();
-    match tag {
-        // Parse, Bind, Describe, Execute, Close: held until Sync or Flush.
-        b'P' => {
-            let mut tracker = shared.lock();
-            match pg::parse_parse_message(body) {
-                Ok((name, sql)) => {
-                    let statement = Statement::new(sql);
-                    tracker.dirty |= !name.is_empty() || statement.may_change_session();
-                    // State statements through the extended protocol are not tracked.
-                    tracker.tainted |= classify(sql).is_some() || statement.may_taint_session();
-                    tracker.may_commit |= statement.may_commit();
-                    let named = (!name.is_empty())
-                        .then(|| (name.to_owned(), Bytes::copy_from_slice(message)));
-                    tracker.parse_sent(named);
-                }
-                Err(_) => {
-                    tracker.dirty = true;
-                    tracker.tainted = true;
-                    tracker.may_commit = true;
-                    tracker.parse_sent(None);
-                }
-            }
-            false
-        }
-        b'C' => {
-            // Close of a named statement: it no longer needs restoring.
-            if let [b'S', name @ .., 0] = body {
-                if let Ok(name) = std::str::from_utf8(name) {
-                    shared.lock().state.forget_prepared(name);
-                }
-            }
-            false
-        }
-        b'E' => {
-            shared.lock().side_effect_free = false;
-            false
-        }
-        b'B' | b'D' => false,
-        b'S' => {
-            shared.lock().request_sent(None);
-            true
-        }
-        b'Q' => {
-            let sql = pg::parse_query(body).ok();
-            let op = sql.and_then(classify);
-            let statement = sql.map(Statement::new);
-            let statement = statement.as_ref();
-            let mut tracker = shared.lock();
-            tracker.dirty |= statement.is_none_or(Statement::may_change_session);
-            tracker.may_commit |= statement.is_none_or(Statement::may_commit);
-            if op.is_some() && tracker.tx_status != TxStatus::Idle {
-                tracker.tainted = true;
-            }
-            if op.is_none() {
-                tracker.tainted |= statement.is_none_or(Statement::may_taint_session);
-            }
-            tracker.side_effect_free &= statement.is_some_and(Statement::executes_nothing);
-            tracker.request_sent(op);
-            true
-        }
-        b'F' => {
-            let mut tracker = shared.lock();
-            tracker.dirty = true;
-            tracker.tainted = true;
-            tracker.side_effect_free = false;
-            tracker.request_sent(None);
-            true
-        }
-        // Flush, CopyData, CopyDone, CopyFail and anything else: send now.
-        _ => true,
-    }
-}
-
 /// Sends requests to the backend. Before the first write after the backend was idle, a
 /// non-blocking peek checks it is still there (DESIGN §5 pre-write check): a FIN or RST seen
-/// then means the request was never sent. Every byte the kernel accepts is counted (§3 rule
-/// 2), and what was written is kept for a replay.
+/// then means the request was never sent. Every byte the kernel accepts is counted (§3 rule 2).
 async fn send_requests<B: AsyncWrite + Unpin>(
     backend: &mut B,
     bytes: &[u8],
@@ -382,33 +275,32 @@ async fn send_requests<B: AsyncWrite + Unpin>(
             Liveness::Alive | Liveness::DataWaiting => {}
         }
     }
-    shared.lock().write_attempted = true;
-    write_tracked(backend, bytes, shared, limit).await?;
-    shared.lock().retain(bytes);
-    Ok(())
+    shared.lock().ledger.write_attempted();
+    write_tracked(backend, bytes, shared, limit).await
 }
 
-/// Writes `bytes` to the backend, counting every byte the kernel accepted.
+/// Writes `bytes` to the backend, counting every byte the kernel accepted. The time limit
+/// applies to each write: a backend that keeps reading, however slowly, is not cut off.
 async fn write_tracked<B: AsyncWrite + Unpin>(
     backend: &mut B,
     mut bytes: &[u8],
     shared: &Shared,
     limit: Duration,
 ) -> Result<(), WireError> {
-    let write = async {
-        while !bytes.is_empty() {
-            let n = backend.write(bytes).await.map_err(WireError::Io)?;
-            if n == 0 {
-                return Err(WireError::Closed);
-            }
-            shared.lock().bytes_to_backend += n as u64;
-            bytes = &bytes[n..];
-        }
-        backend.flush().await.map_err(WireError::Io)
-    };
-    within(limit, write)
-        .await
-        .unwrap_or(Err(WireError::Timeout(limit)))
+    while !bytes.is_empty() {
+        let n = match within(limit, backend.write(bytes)).await {
+            Some(Ok(0)) => return Err(WireError::Closed),
+            Some(Ok(n)) => n,
+            Some(Err(err)) => return Err(WireError::Io(err)),
+            None => return Err(WireError::Timeout(limit)),
+        };
+        shared.lock().accepted(n);
+        bytes = &bytes[n..];
+    }
+    match within(limit, backend.flush()).await {
+        Some(result) => result.map_err(WireError::Io),
+        None => Err(WireError::Timeout(limit)),
+    }
 }
 
 /// Runs `io` with a time limit, arming the timer only if it does not finish on its first poll
@@ -443,69 +335,183 @@ pub(crate) struct BackendSide<'a> {
 /// Backend → client. Returns when either side fails or closes.
 pub(crate) async fn backend_to_client<B, C>(
     backend: &mut B,
-    bbuf: &mut BytesMut,
+    rbuf: &mut BytesMut,
+    stream: &mut BackendStream,
     client: &mut C,
     shared: &Shared,
-    side: BackendSide<'_>,
+    mut side: BackendSide<'_>,
     limits: RelayLimits,
 ) -> RelayEnd
 where
     B: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
 {
-    let mut scanner = Scanner::new(limits.max_message_size);
-    let mut read_size = ReadSize::default();
     loop {
-        let mut pos = 0;
-        // End of the last ReadyForQuery in this batch: bytes after it belong to the next request.
-        let mut ready_end = 0;
-        loop {
-            match scanner.next(bbuf, pos) {
-                Ok(Step::Message { tag, start, end }) => {
-                    if tag == b'Z' {
-                        ready_end = end;
+        if let Err(err) =
+            write_pending(client, rbuf, stream, side.boundary, limits.client_write).await
+        {
+            return RelayEnd::ClientGone(err);
+        }
+        match scan_backend(rbuf, stream, shared, &mut side) {
+            Ok(Scanned::Forward(pos)) => stream.pending = pos,
+            Ok(Scanned::Unsolicited(pos)) => {
+                // Forward what came before it, keep the error from the client and let the
+                // session heal.
+                stream.pending = pos;
+                if let Err(err) =
+                    write_pending(client, rbuf, stream, side.boundary, limits.client_write).await
+                {
+                    return RelayEnd::ClientGone(err);
+                }
+                return RelayEnd::BackendGone(WireError::Closed);
+            }
+            Err(err) => return RelayEnd::BackendGone(WireError::Protocol(err)),
+        }
+        if stream.pending > 0 {
+            continue;
+        }
+        stream.read_size.prepare(rbuf);
+        let room = rbuf.capacity() - rbuf.len();
+        match backend.read_buf(rbuf).await {
+            Ok(0) => return RelayEnd::BackendGone(WireError::Closed),
+            Ok(n) => stream.read_size.record(n, room),
+            Err(err) => return RelayEnd::BackendGone(WireError::Io(err)),
+        }
+    }
+}
+
+/// Writes the recorded bytes at the front of `rbuf` to the client, one `write` at a time, each
+/// accounted as soon as it completes (cancel-safe). The time limit applies to each write: a
+/// client that keeps reading, however slowly, is served.
+pub(crate) async fn write_pending<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    rbuf: &mut BytesMut,
+    stream: &mut BackendStream,
+    boundary: &ClientBoundary,
+    limit: Duration,
+) -> Result<(), WireError> {
+    if stream.pending == 0 {
+        return Ok(());
+    }
+    boundary.set(true);
+    while stream.pending > 0 {
+        let n = match within(limit, client.write(&rbuf[..stream.pending])).await {
+            Some(Ok(0)) => return Err(WireError::Closed),
+            Some(Ok(n)) => n,
+            Some(Err(err)) => return Err(WireError::Io(err)),
+            None => return Err(WireError::Timeout(limit)),
+        };
+        rbuf.advance(n);
+        stream.pending -= n;
+    }
+    match within(limit, client.flush()).await {
+        Some(Ok(())) => {}
+        Some(Err(err)) => return Err(WireError::Io(err)),
+        None => return Err(WireError::Timeout(limit)),
+    }
+    boundary.set(!stream.ends_at_boundary());
+    Ok(())
+}
+
+/// What walking the backend's bytes found.
+enum Scanned {
+    /// `rbuf[..n]` is to be forwarded.
+    Forward(usize),
+    /// `rbuf[..n]` is to be forwarded, then an error that proves nothing in flight ran, which
+    /// must not be.
+    Unsolicited(usize),
+}
+
+/// Walks the complete messages at the front of `rbuf` and records each in the ledger.
+fn scan_backend(
+    rbuf: &mut BytesMut,
+    stream: &mut BackendStream,
+    shared: &Shared,
+    side: &mut BackendSide<'_>,
+) -> Result<Scanned, ProtocolError> {
+    let mut pos = 0;
+    // Reply bytes that answered nothing on their own, not yet given to the ledger.
+    let mut bytes = 0;
+    loop {
+        match stream.scanner.next(rbuf, pos)? {
+            Step::Message { tag, start, end } => {
+                let len = end - start;
+                let body = &rbuf[start + HEADER_LEN..end];
+                match classify_backend(tag, body) {
+                    BackendMessage::Bytes => bytes += len,
+                    BackendMessage::ParameterStatus => {
+                        if let Ok((name, value)) = pg::parse_parameter_status(body) {
+                            side.params.insert(name.to_owned(), value.to_owned());
+                        }
                     }
-                    if tag == b'S' {
-                        record_parameter_status(&bbuf[start..end], side.params);
-                    } else if note_backend_message(tag, &mut bbuf[start..end], shared, &side)
-                        == Seen::Unsolicited
-                    {
-                        // Forward what came before it, keep the error from the client and let
-                        // the session heal.
-                        if pos > 0 {
-                            if let Err(err) =
-                                write_client(client, &bbuf[..pos], limits.client_write).await
-                            {
-                                return RelayEnd::ClientGone(err);
+                    BackendMessage::Notification => {
+                        rewrite_notification_pid(&mut rbuf[start..end], side);
+                    }
+                    BackendMessage::ParseComplete => {
+                        let mut tracker = shared.lock();
+                        tracker.parse_complete();
+                        tracker.reply(Reply::Part { answers_part: true }, bytes + len);
+                        bytes = 0;
+                    }
+                    BackendMessage::Reply(reply) => {
+                        shared.lock().reply(reply, bytes + len);
+                        bytes = 0;
+                    }
+                    BackendMessage::Error => {
+                        let mut tracker = shared.lock();
+                        if let Ok(fields) = pg::parse_error_fields(body) {
+                            if fields.severity == "FATAL" || fields.severity == "PANIC" {
+                                if tracker.fatal_is_unsolicited(&fields.code) {
+                                    tracker.unsolicited_fatal = Some(fields.code);
+                                    if bytes > 0 {
+                                        tracker.reply(
+                                            Reply::Part {
+                                                answers_part: false,
+                                            },
+                                            bytes,
+                                        );
+                                    }
+                                    return Ok(Scanned::Unsolicited(pos));
+                                }
+                                tracker.fatal_code = Some(fields.code);
                             }
                         }
-                        return RelayEnd::BackendGone(WireError::Closed);
+                        tracker.reply(Reply::Error, bytes + len);
+                        bytes = 0;
                     }
-                    pos = end;
                 }
-                Ok(Step::Passthrough { end, .. }) => pos = end,
-                Ok(Step::NeedMore) => break,
-                Err(err) => return RelayEnd::BackendGone(WireError::Protocol(err)),
+                pos = end;
             }
-        }
-        if pos > 0 {
-            side.boundary.mid_message.store(true, Ordering::Release);
-            let written = write_client(client, &bbuf[..pos], limits.client_write).await;
-            if let Err(err) = written {
-                return RelayEnd::ClientGone(err);
+            Step::Passthrough { start, end, .. } => {
+                bytes += end - start;
+                pos = end;
             }
-            side.boundary
-                .mid_message
-                .store(scanner.in_message(), Ordering::Release);
-            shared.lock().bytes_to_client += (pos - ready_end) as u64;
-            bbuf.advance(pos);
+            Step::NeedMore => break,
         }
-        read_size.prepare(bbuf);
-        let room = bbuf.capacity() - bbuf.len();
-        match backend.read_buf(bbuf).await {
-            Ok(0) => return RelayEnd::BackendGone(WireError::Closed),
-            Ok(n) => read_size.record(n, room),
-            Err(err) => return RelayEnd::BackendGone(WireError::Io(err)),
+    }
+    if bytes > 0 {
+        shared.lock().reply(
+            Reply::Part {
+                answers_part: false,
+            },
+            bytes,
+        );
+    }
+    Ok(Scanned::Forward(pos))
+}
+
+/// A notification from the client's own (current) backend carries the process ID the client
+/// was told at login.
+fn rewrite_notification_pid(message: &mut [u8], side: &BackendSide<'_>) {
+    if side.client_process_id == side.backend_process_id {
+        return;
+    }
+    let body = HEADER_LEN.min(message.len());
+    if let Ok(pid) = pg::parse_notification_pid(&message[body..]) {
+        if pid == side.backend_process_id {
+            if let Some(field) = message.get_mut(body..body + 4) {
+                field.copy_from_slice(&side.client_process_id.to_be_bytes());
+            }
         }
     }
 }
@@ -542,85 +548,6 @@ impl ReadSize {
             self.size = (self.size * 2).min(BACKEND_READ_MAX);
         } else if n < self.size / 4 {
             self.size = (self.size / 2).max(BACKEND_READ_MIN);
-        }
-    }
-}
-
-async fn write_client<C: AsyncWrite + Unpin>(
-    client: &mut C,
-    bytes: &[u8],
-    limit: Duration,
-) -> Result<(), WireError> {
-    let write = async {
-        client.write_all(bytes).await?;
-        client.flush().await
-    };
-    match within(limit, write).await {
-        Some(result) => result.map_err(WireError::Io),
-        None => Err(WireError::Timeout(limit)),
-    }
-}
-
-/// What the backend→client direction makes of one message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Seen {
-    /// Forward it.
-    Forward,
-    /// A fatal error that proves nothing in flight ran: do not forward it.
-    Unsolicited,
-}
-
-/// Records one backend message (`message` is the whole message, header included; it may be
-/// rewritten in place).
-fn note_backend_message(
-    tag: u8,
-    message: &mut [u8],
-    shared: &Shared,
-    side: &BackendSide<'_>,
-) -> Seen {
-    let body_start = HEADER_LEN.min(message.len());
-    match tag {
-        b'Z' => {
-            if let Ok(status) = pg::parse_ready_for_query(&message[body_start..]) {
-                shared.lock().ready(status);
-            }
-        }
-        b'A' if side.client_process_id != side.backend_process_id => {
-            if let Ok(pid) = pg::parse_notification_pid(&message[body_start..]) {
-                if pid == side.backend_process_id {
-                    if let Some(field) = message.get_mut(body_start..body_start + 4) {
-                        field.copy_from_slice(&side.client_process_id.to_be_bytes());
-                    }
-                }
-            }
-        }
-        b'1' => shared.lock().parse_complete(),
-        b'E' => {
-            if let Ok(fields) = pg::parse_error_fields(&message[body_start..]) {
-                shared.lock().error_received();
-                if fields.severity == "FATAL" || fields.severity == "PANIC" {
-                    let mut tracker = shared.lock();
-                    if tracker.fatal_is_unsolicited(&fields.code) {
-                        tracker.unsolicited_fatal = Some(fields.code);
-                        return Seen::Unsolicited;
-                    }
-                    tracker.fatal_code = Some(fields.code);
-                }
-            }
-        }
-        _ => {}
-    }
-    Seen::Forward
-}
-
-/// Applies a ParameterStatus message to the backend's recorded parameters.
-fn record_parameter_status(
-    message: &[u8],
-    params: &mut std::collections::BTreeMap<String, String>,
-) {
-    if let Some(body) = message.get(HEADER_LEN..) {
-        if let Ok((name, value)) = pg::parse_parameter_status(body) {
-            params.insert(name.to_owned(), value.to_owned());
         }
     }
 }

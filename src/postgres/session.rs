@@ -1,7 +1,8 @@
 //! One PostgreSQL client connection from accept to close, as a chain of stages: login (with the
-//! client-login deadline) → checkout of a backend for (user, database, options) → applying the
-//! client's startup settings → the login reply → the relay → releasing the backend (reset with
-//! DISCARD ALL when the client changed session state, or closed when it is not at rest).
+//! client-login deadline) → checkout of a backend for (user, database) → applying the client's
+//! startup settings and options → the login reply → the command phase → releasing the backend
+//! (the client's cancel key retired first, then a reset with DISCARD ALL when the client changed
+//! session state, or a close when it is not at rest).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::postgres::context::{PgManager, PgService};
 use crate::postgres::errors::{ClientError, ClientNotice};
 use crate::postgres::tracker::Tracker;
 use crate::postgres::wire;
+use crate::session::ledger::TxState;
 
 /// Serves one client connection until it ends. Never panics on client input; every error is
 /// reported to the client where the protocol allows and logged.
@@ -72,7 +74,7 @@ async fn fail(svc: &PgService, stream: &mut TcpStream, err: ClientError) {
     metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => err.metrics_label())
         .increment(1);
     tracing::info!(pool = %svc.config.name, error = %err, "client refused");
-    if let Some(notice) = err.notice() {
+    if let Some(notice) = err.notice(&svc.config.name) {
         send_notice(stream, &notice, svc.config.timeouts.client_write).await;
     }
 }
@@ -194,20 +196,35 @@ fn quote_guc_name(name: &str) -> String {
 }
 
 /// Returns the backend to the pool if it is at rest (reset first if the session may have
-/// changed state), else closes it.
-pub(super) async fn release(svc: &PgService, mut checkout: Checkout<PgManager>, tracker: &Tracker) {
+/// changed state), else closes it. The client's cancel key is retired first, and the reset
+/// waits for the client's cancels still on their way, so none can reach the next client's
+/// statements.
+pub(super) async fn release(
+    svc: &PgService,
+    mut checkout: Checkout<PgManager>,
+    tracker: &Tracker,
+    cancel: &CancelHandle,
+) {
+    let settled = cancel.retire(svc.config.timeouts.connect).await;
     let conn = checkout.conn();
     let (limit, max) = (
         svc.config.timeouts.reset,
         svc.config.limits.max_message_size,
     );
-    // Dropping the checkout closes the connection: done when it is broken, or when requests are
-    // still unanswered (its state is unknown).
-    if conn.broken || tracker.pending > 0 || tracker.fatal_code.is_some() {
+    // Dropping the checkout closes the connection: done when it is broken, when requests are
+    // still unanswered (its state is unknown), inside an implicit transaction, or when a cancel
+    // of this client might still arrive.
+    let tx = tracker.ledger.tx();
+    if !settled
+        || conn.broken
+        || !tracker.ledger.is_empty()
+        || tracker.fatal_code.is_some()
+        || matches!(tx, TxState::Implicit | TxState::ImplicitFailed)
+    {
         return;
     }
     let mut statements = Vec::new();
-    if tracker.tx_status != TxStatus::Idle {
+    if tx != TxState::Idle {
         // The client left inside a transaction (drivers that open one implicitly do this all
         // the time): roll it back instead of paying for a new backend login.
         statements.push("ROLLBACK");

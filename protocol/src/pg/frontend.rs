@@ -76,6 +76,23 @@ pub fn parse_parse_message_raw(body: &[u8]) -> Result<(&[u8], &[u8]), ProtocolEr
     Ok((name, sql))
 }
 
+/// Bind (tag `B`): the name of the prepared statement it binds (empty for the unnamed one), as
+/// bytes. Only the two names at the front are read; the rest of the body is not checked.
+pub fn parse_bind_statement(body: &[u8]) -> Result<&[u8], ProtocolError> {
+    let mut c = Cursor::new(body);
+    c.read_cstr("Bind portal name")?;
+    c.read_cstr("Bind statement name")
+}
+
+/// Close (tag `C`) of a prepared statement (`S`): its name, as bytes; `None` for a portal.
+pub fn parse_close_statement(body: &[u8]) -> Result<Option<&[u8]>, ProtocolError> {
+    let mut c = Cursor::new(body);
+    let kind = c.take(1, "Close without a kind")?;
+    let name = c.read_cstr("Close name")?;
+    c.finish("bytes after the Close name")?;
+    Ok((kind == b"S").then_some(name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +164,16 @@ mod tests {
         assert!(parse_parse_message(b"\0SELECT 1\0\0\0\0").is_err());
         assert!(parse_parse_message(b"\0SELECT 1\0\xff\xff").is_err());
         assert!(parse_parse_message(b"\0SELECT 1\0").is_err());
+    }
+
+    #[test]
+    fn bind_and_close_name_their_statement() {
+        assert_eq!(parse_bind_statement(b"\0s1\0\0\0\0\0\0\0"), Ok(&b"s1"[..]));
+        assert_eq!(parse_bind_statement(b"portal\0\0"), Ok(&b""[..]));
+        assert!(parse_bind_statement(b"portal").is_err());
+        assert_eq!(parse_close_statement(b"Ss1\0"), Ok(Some(&b"s1"[..])));
+        assert_eq!(parse_close_statement(b"Pp\0"), Ok(None));
+        assert!(parse_close_statement(b"S").is_err());
+        assert!(parse_close_statement(b"").is_err());
     }
 }

@@ -32,8 +32,9 @@ pub use encode::{
 };
 pub use frame::{parse_header, split_message, FrameHeader, Message, HEADER_LEN};
 pub use frontend::{
-    parse_parse_message, parse_parse_message_raw, parse_password_message, parse_query,
-    parse_query_raw, parse_sasl_initial_response, SaslInitialResponse,
+    parse_bind_statement, parse_close_statement, parse_parse_message, parse_parse_message_raw,
+    parse_password_message, parse_query, parse_query_raw, parse_sasl_initial_response,
+    SaslInitialResponse,
 };
 pub use scanner::{Scanner, Step, DEFAULT_STREAM_THRESHOLD};
 pub use startup::{

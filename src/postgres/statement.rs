@@ -1,0 +1,346 @@
+//! What a PostgreSQL statement may do, told from its text without parsing SQL: whether it
+//! executes anything, may commit, ends a transaction block, may change session state (so the
+//! backend needs a reset before reuse) or may create state Suture cannot rebuild on another
+//! backend. One case-insensitive Aho-Corasick pass per statement finds every marker word.
+
+use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, AhoCorasickKind};
+
+use crate::session::ledger::TxEnd;
+
+/// Whether running `sql` twice is the same as running it once, as far as anyone can tell:
+/// opening a transaction block or showing a setting.
+#[cfg(test)]
+pub(crate) fn executes_nothing(sql: &str) -> bool {
+    Statement::new(sql).executes_nothing()
+}
+
+/// Whether `sql` may create session state that cannot be rebuilt on a new backend. Plain
+/// reads and writes (SELECT, INSERT, UPDATE, DELETE, DDL on real tables) do not.
+#[cfg(test)]
+pub(crate) fn may_taint_session(sql: &str) -> bool {
+    Statement::new(sql).may_taint_session()
+}
+
+/// Whether running `sql` might leave session state behind (SET, PREPARE, LISTEN, temp tables,
+/// advisory locks, ...). Conservative: anything but a plain SELECT/VALUES/SHOW counts.
+#[cfg(test)]
+pub(crate) fn may_change_session(sql: &str) -> bool {
+    Statement::new(sql).may_change_session()
+}
+
+/// Statement starts that leave session state behind.
+const TAINTING_STARTS: &[&str] = &[
+    "set",
+    "reset",
+    "discard",
+    "prepare",
+    "declare",
+    "listen",
+    "load",
+    "create temp",
+    "create local temp",
+    "create global temp",
+    "create unlogged temp",
+    "do",
+    "call",
+    "lock",
+];
+/// Function names and clauses that leave session state behind wherever they appear.
+const TAINTING_ANYWHERE: &[&str] = &[
+    "set_config",
+    "advisory",
+    "into temp",
+    "lo_",
+    "dblink",
+    "with hold",
+    "currval",
+];
+/// Words which, anywhere in a read-only looking statement, may still change session state.
+const STATEFUL_MARKERS: &[&str] = &[
+    "set_config",
+    "advisory",
+    "into",
+    "pg_",
+    "lo_",
+    "dblink",
+    "prepare",
+    "declare",
+    "listen",
+    "temp",
+    "currval",
+];
+/// A word that makes a statement one that may commit.
+const COMMIT: &str = "commit";
+
+/// Bits of [`Statement::markers`]: one per pattern, in the order the automaton is built.
+const STATEFUL_BITS: u32 = (1 << STATEFUL_MARKERS.len()) - 1;
+const TAINTING_BITS: u32 = ((1 << TAINTING_ANYWHERE.len()) - 1) << STATEFUL_MARKERS.len();
+const COMMIT_BIT: u32 = 1 << (STATEFUL_MARKERS.len() + TAINTING_ANYWHERE.len());
+
+/// Every marker word, found in one case-insensitive pass over a statement.
+static MARKERS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    let patterns = STATEFUL_MARKERS
+        .iter()
+        .chain(TAINTING_ANYWHERE)
+        .chain([&COMMIT]);
+    // A DFA: more memory at build time (a few KiB for these patterns), fewest instructions
+    // per byte scanned, which is what every simple query pays.
+    AhoCorasick::builder()
+        .kind(Some(AhoCorasickKind::DFA))
+        .ascii_case_insensitive(true)
+        .build(patterns)
+        .expect("fixed marker patterns always build")
+});
+
+/// One statement as the classifiers see it: its text and which marker words it contains,
+/// found once per message in a single pass, without copying or lowering the text.
+pub(crate) struct Statement<'a> {
+    text: &'a str,
+    markers: u32,
+    /// More than one statement (a `;` before the trailing ones).
+    several: bool,
+}
+
+impl<'a> Statement<'a> {
+    pub(crate) fn new(text: &'a str) -> Statement<'a> {
+        let mut markers = 0;
+        for found in MARKERS.find_overlapping_iter(text) {
+            let bit = 1 << found.pattern().as_u32();
+            // COMMIT counts only as a word of its own (not `commit_log`, `nocommit`).
+            if bit == COMMIT_BIT && !is_word(text.as_bytes(), found.start(), found.end()) {
+                continue;
+            }
+            markers |= bit;
+        }
+        let several = text.trim_end().trim_end_matches(';').contains(';');
+        Statement {
+            text,
+            markers,
+            several,
+        }
+    }
+
+    /// The same as the function `executes_nothing` on the text.
+    pub(crate) fn executes_nothing(&self) -> bool {
+        let head = self.text.trim_start();
+        if !["begin", "start", "show"]
+            .iter()
+            .any(|word| starts_with_word_prefix(head, word))
+        {
+            return false;
+        }
+        let mut words = self.text.trim().trim_end_matches(';').split_whitespace();
+        let first = [words.next(), words.next(), words.next()];
+        let is =
+            |word: Option<&str>, want: &str| word.is_some_and(|w| w.eq_ignore_ascii_case(want));
+        match first {
+            [w, None, None] => is(w, "begin"),
+            [w, second, None] if is(w, "begin") => is(second, "work") || is(second, "transaction"),
+            [w, second, None] if is(w, "start") => is(second, "transaction"),
+            [w, Some(_), None] => is(w, "show"),
+            _ => false,
+        }
+    }
+
+    /// Whether the statement may commit a transaction (so a lost reply means "outcome
+    /// unknown"): COMMIT (also COMMIT PREPARED, and anywhere in several statements), END,
+    /// PREPARE TRANSACTION (the transaction may be prepared and holding its locks) and
+    /// ROLLBACK PREPARED (a prepared transaction's fate is just as unknown).
+    pub(crate) fn may_commit(&self) -> bool {
+        let head = self.text.trim_start();
+        if self.markers & COMMIT_BIT != 0 || starts_with_word_prefix(head, "end") {
+            return true;
+        }
+        let mut words = head.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        let second = words.next().unwrap_or_default();
+        first.eq_ignore_ascii_case("prepare") && second.eq_ignore_ascii_case("transaction")
+            || first.eq_ignore_ascii_case("rollback") && second.eq_ignore_ascii_case("prepared")
+    }
+
+    /// How the statement ends a transaction block, if it is exactly ROLLBACK, ABORT, COMMIT or
+    /// END (with an optional WORK or TRANSACTION); not ROLLBACK TO SAVEPOINT, the two-phase
+    /// forms or AND CHAIN.
+    pub(crate) fn ends_transaction(&self) -> Option<TxEnd> {
+        let mut words = self.text.trim().trim_end_matches(';').split_whitespace();
+        let first = words.next()?;
+        match words.next() {
+            None => {}
+            Some(w)
+                if (w.eq_ignore_ascii_case("work") || w.eq_ignore_ascii_case("transaction"))
+                    && words.next().is_none() => {}
+            Some(_) => return None,
+        }
+        let is = |want: &str| first.eq_ignore_ascii_case(want);
+        if is("rollback") || is("abort") {
+            Some(TxEnd::Rollback)
+        } else if is("commit") || is("end") {
+            Some(TxEnd::Commit)
+        } else {
+            None
+        }
+    }
+
+    /// The same as the function `may_taint_session` on the text.
+    pub(crate) fn may_taint_session(&self) -> bool {
+        let head = self.text.trim_start();
+        let first = head.as_bytes().first().map(u8::to_ascii_lowercase);
+        let starts = TAINTING_STARTS.iter().any(|start| {
+            first == start.as_bytes().first().copied()
+                && starts_with_word_prefix(head, start)
+                && head[start.len()..]
+                    .chars()
+                    .next()
+                    .is_none_or(|c| !c.is_alphanumeric() && c != '_')
+        });
+        starts || self.several || self.markers & TAINTING_BITS != 0
+    }
+
+    /// The same as the function `may_change_session` on the text.
+    pub(crate) fn may_change_session(&self) -> bool {
+        let head = self
+            .text
+            .trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        let read_only = ["select", "values", "show"]
+            .iter()
+            .any(|word| starts_with_word_prefix(head, word));
+        // Several statements: judge conservatively rather than split SQL here.
+        !read_only || self.several || self.markers & STATEFUL_BITS != 0
+    }
+}
+
+/// Whether `text[start..end]` is a whole word: no identifier character right before or after.
+fn is_word(text: &[u8], start: usize, end: usize) -> bool {
+    let ident = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$' || *b >= 0x80;
+    let before = start.checked_sub(1).and_then(|i| text.get(i));
+    !before.is_some_and(ident) && !text.get(end).is_some_and(ident)
+}
+
+/// Whether `text` starts with the ASCII `prefix`, ignoring case (a prefix, not a whole word).
+fn starts_with_word_prefix(text: &str, prefix: &str) -> bool {
+    text.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_reads_leave_no_state() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12;\n",
+            "  select 1",
+            "(SELECT 1)",
+            "SHOW x",
+            "values (1)",
+        ] {
+            assert!(!may_change_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn writes_settings_and_stateful_functions_count() {
+        for sql in [
+            "SET search_path = x",
+            "select set_config('a.b', '1', false)",
+            "SELECT pg_advisory_lock(1)",
+            "select * into temp t from x",
+            "PREPARE p AS SELECT 1",
+            "LISTEN c",
+            "select 1; set x = 1",
+            "BEGIN",
+            "INSERT INTO t VALUES (1)",
+            "",
+        ] {
+            assert!(may_change_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn only_unrebuildable_state_taints() {
+        for sql in [
+            "SELECT pg_backend_pid()",
+            "INSERT INTO t VALUES (1)",
+            "update t set x = 1",
+            "SELECT settings FROM t",
+        ] {
+            assert!(!may_taint_session(sql), "{sql}");
+        }
+        for sql in [
+            "SET search_path = x",
+            "set_config('a', 'b', false)",
+            "select pg_advisory_lock(1)",
+            "CREATE TEMP TABLE t (x int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "LISTEN ch",
+            "select 1; set x = 1",
+        ] {
+            assert!(may_taint_session(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn only_begin_and_show_execute_nothing() {
+        for sql in ["BEGIN", "begin;", "START TRANSACTION", "show search_path"] {
+            assert!(executes_nothing(sql), "{sql}");
+        }
+        for sql in [
+            "BEGIN; INSERT INTO t VALUES (1)",
+            "SELECT 1",
+            "START TRANSACTION READ ONLY; DELETE FROM t",
+            "COMMIT",
+        ] {
+            assert!(!executes_nothing(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn markers_match_in_any_case_and_commits_are_seen() {
+        assert!(may_change_session("SELECT PG_ADVISORY_LOCK(1)"));
+        assert!(may_taint_session("Select Set_Config('a', 'b', false)"));
+        assert!(may_taint_session("cReAtE tEmP table t (x int)"));
+        assert!(!may_taint_session("CREATE TEMPLATE_TABLE t (x int)"));
+        assert!(!may_taint_session("settle_accounts()"));
+        assert!(executes_nothing("Begin Work"));
+        assert!(!executes_nothing("begins"));
+        for (sql, commits) in [
+            ("COMMIT", true),
+            ("end", true),
+            ("update t set x = 1; Commit", true),
+            ("prepare transaction 'x'", true),
+            ("COMMIT PREPARED 'x'", true),
+            ("rollback prepared 'x'", true),
+            ("ROLLBACK", false),
+            ("PREPARE p AS SELECT 1", false),
+            ("INSERT INTO commit_t VALUES (1)", false),
+            ("select * from t_commit", false),
+            ("select 1;commit;", true),
+            ("SELECT 1", false),
+        ] {
+            assert_eq!(Statement::new(sql).may_commit(), commits, "{sql}");
+        }
+    }
+
+    #[test]
+    fn transaction_ends_are_recognised() {
+        for (sql, end) in [
+            ("ROLLBACK", Some(TxEnd::Rollback)),
+            ("rollback;", Some(TxEnd::Rollback)),
+            (" abort work ", Some(TxEnd::Rollback)),
+            ("COMMIT TRANSACTION", Some(TxEnd::Commit)),
+            ("end", Some(TxEnd::Commit)),
+            ("ROLLBACK TO SAVEPOINT a", None),
+            ("COMMIT PREPARED 'x'", None),
+            ("COMMIT AND CHAIN", None),
+            ("COMMIT WORK NOW", None),
+            ("SELECT 1", None),
+            ("", None),
+        ] {
+            assert_eq!(Statement::new(sql).ends_transaction(), end, "{sql}");
+        }
+    }
+}
