@@ -119,6 +119,21 @@ class Tally:
     hangs: Counter = field(default_factory=Counter)  # step -> count
     wrong_counts: list = field(default_factory=list)
     notices: Counter = field(default_factory=Counter)  # sqlstate -> count
+    # Every attempt: (client, mode, keys); batch, flush and tx are one transaction each.
+    units: list = field(default_factory=list)
+    # key -> (unit index, UTC time of the acknowledgement)
+    acked_at: dict = field(default_factory=dict)
+    # The first MAX_EVENTS errors: (UTC time, client, "mode/step", what)
+    events: list = field(default_factory=list)
+
+
+MAX_EVENTS = 5000
+ATOMIC_MODES = ("batch", "flush", "tx")
+
+
+def utc_now() -> str:
+    t = time.time()
+    return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}"
 
 
 _NUMBERS = re.compile(r"\b(port|pid|PID) \d+|\d+\.\d+\.\d+\.\d+")
@@ -131,7 +146,7 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line}"[:200]
 
 
-def record_error(tally: Tally, step: str, exc: BaseException) -> None:
+def record_error(tally: Tally, client: int, step: str, exc: BaseException) -> None:
     sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate:
         diag = exc.diag
@@ -139,8 +154,17 @@ def record_error(tally: Tally, step: str, exc: BaseException) -> None:
         key = (sqlstate, severity, step)
         tally.errors[key] += 1
         tally.error_messages.setdefault(key, (diag.message_primary or "")[:200])
+        what = f"{sqlstate} {severity}"
     else:
-        tally.bare[(first_line(exc), step)] += 1
+        what = first_line(exc)
+        tally.bare[(what, step)] += 1
+        what = "bare " + what
+    record_event(tally, client, step, what)
+
+
+def record_event(tally: Tally, client: int, step: str, what: str) -> None:
+    if len(tally.events) < MAX_EVENTS:
+        tally.events.append((utc_now(), client, step, what))
 
 
 # --------------------------------------------------------------------------- clients
@@ -164,6 +188,7 @@ class Client:
         self.step_started: float | None = None
         self.kicked = False
         self.sent: list = []
+        self.unit = -1
 
     def begin_step(self, step: str) -> None:
         self.step = step
@@ -177,6 +202,7 @@ class Client:
         key = (self.id, self.seq)
         self.tally.attempted.add(key)
         self.tally.rows_attempted += 1
+        self.tally.units[self.unit][2].append(key)
         return key
 
     async def run(self) -> None:
@@ -186,6 +212,8 @@ class Client:
                 continue
             mode = self.rng.choices(self.modes, self.weights)[0]
             self.tally.attempts[mode] += 1
+            self.unit = len(self.tally.units)
+            self.tally.units.append((self.id, mode, []))
             self.kicked = False
             self.sent = []
             try:
@@ -193,7 +221,7 @@ class Client:
             except Exception as exc:  # noqa: BLE001 - every failure is a finding
                 self.end_step()
                 if not self.kicked:  # a kicked step was counted as a hang
-                    record_error(self.tally, f"{mode}/{self.failed_step()}", exc)
+                    record_error(self.tally, self.id, f"{mode}/{self.failed_step()}", exc)
                 await self.recover(mode)
             self.end_step()
             if self.args.pause_ms:
@@ -217,10 +245,11 @@ class Client:
             return True
         except asyncio.TimeoutError:
             self.tally.hangs["connect"] += 1
+            record_event(self.tally, self.id, "connect", "hang")
             self.tally.connects["failed"] += 1
             return False
         except Exception as exc:  # noqa: BLE001
-            record_error(self.tally, "connect", exc)
+            record_error(self.tally, self.id, "connect", exc)
             self.tally.connects["failed"] += 1
             return False
         finally:
@@ -258,7 +287,7 @@ class Client:
             await self.conn.execute("ROLLBACK")
         except Exception as exc:  # noqa: BLE001
             if not self.kicked:
-                record_error(self.tally, f"{mode}/rollback", exc)
+                record_error(self.tally, self.id, f"{mode}/rollback", exc)
             if self.kicked or not self.usable():
                 await self.drop()
         finally:
@@ -289,6 +318,7 @@ class Client:
         if cur.rowcount != 1:
             self.tally.wrong_counts.append(f"{step} of {key}: rowcount {cur.rowcount}")
         self.tally.acked.append(key)
+        self.tally.acked_at[key] = (self.unit, utc_now())
 
     async def attempt_batch(self, mode: str) -> None:
         """INSERT x 2-5, one Sync: one implicit transaction."""
@@ -314,6 +344,11 @@ class Client:
                 cur = await self.send("insert", INSERT, (*key, self.payload(key, mode)))
                 self.step = "sync"
                 await p.sync()
+                # sync() can return before the Sync's answer when the connection broke
+                # under it (the error then surfaces when the block ends): only a
+                # drained result queue proves ReadyForQuery came back.
+                if p.result_queue or self.conn.closed:
+                    continue
                 self.ack(key, cur, "each/insert")
             # Leaving the block sends one more (empty) Sync.
             self.begin_step("sync")
@@ -372,6 +407,7 @@ async def watchdog(clients, args, tally: Tally, done: asyncio.Event) -> None:
             if now - started > args.step_limit:
                 c.kicked = True
                 tally.hangs[c.step] += 1
+                record_event(tally, c.id, c.step, "hang")
                 kick(c.conn)
 
 
@@ -557,6 +593,23 @@ def verdict(args, tally: Tally, faults: Faults, present: dict, load_secs: float,
         for (s, sev, step), n in sorted(tally.errors.items())
     ]
     bare = [{"message": m, "step": step, "count": n} for (m, step), n in sorted(tally.bare.items())]
+    torn = []
+    for client, mode, keys in tally.units:
+        if mode in ATOMIC_MODES and keys:
+            n = sum(1 for k in keys if k in present)
+            if 0 < n < len(keys):
+                torn.append({"client": client, "mode": mode, "keys": keys,
+                             "present": [k in present for k in keys]})
+    lost_detail = []
+    for key in lost[:20]:
+        unit, at = tally.acked_at[key]
+        client, mode, keys = tally.units[unit]
+        near = [e for e in tally.events if e[1] == client]
+        lost_detail.append({
+            "key": key, "mode": mode, "acked_at_utc": at,
+            "unit_keys": keys, "unit_present": [k in present for k in keys],
+            "client_events": near[-40:],
+        })
     by_sqlstate = Counter()
     for e in errors:
         by_sqlstate[e["sqlstate"]] += e["count"]
@@ -565,6 +618,8 @@ def verdict(args, tally: Tally, faults: Faults, present: dict, load_secs: float,
         problems.append(f"{len(lost)} acknowledged rows missing (lost)")
     if dups:
         problems.append(f"{len(dups)} keys present more than once (duplicates)")
+    if torn:
+        problems.append(f"{len(torn)} one-transaction pipelines only partly present (torn)")
     if phantom:
         problems.append(f"{len(phantom)} keys present that no client sent")
     if bare:
@@ -598,6 +653,9 @@ def verdict(args, tally: Tally, faults: Faults, present: dict, load_secs: float,
         "lost_sample": lost[:20],
         "duplicates": len(dups),
         "duplicates_sample": dups[:20],
+        "lost_detail": lost_detail,
+        "torn": len(torn),
+        "torn_sample": torn[:20],
         "phantom": len(phantom),
         "errors_total": sum(by_sqlstate.values()),
         "errors_by_sqlstate": dict(sorted(by_sqlstate.items())),
@@ -619,6 +677,7 @@ def verdict(args, tally: Tally, faults: Faults, present: dict, load_secs: float,
             "failures": faults.failures,
             "timeline": faults.timeline,
         },
+        "events": tally.events,
         "problems": problems,
         "passed": not problems,
     }
@@ -642,6 +701,13 @@ def print_report(r: dict) -> None:
     p(f"  present, not acknowledged:  {r['present_not_acknowledged']} (fine)")
     p(f"  acknowledged, missing:      {r['lost']} (LOST){'  e.g. ' + str(r['lost_sample'][:5]) if r['lost'] else ''}")
     p(f"  duplicates:                 {r['duplicates']}{'  e.g. ' + str(r['duplicates_sample'][:5]) if r['duplicates'] else ''}")
+    if r["torn"]:
+        p(f"  torn one-transaction units: {r['torn']}  e.g. {r['torn_sample'][:3]}")
+    for d in r["lost_detail"][:5]:
+        p(f"    lost {tuple(d['key'])}: {d['mode']} unit {d['unit_keys']} present {d['unit_present']},"
+          f" acknowledged at {d['acked_at_utc']} UTC")
+        for at, _, step, what in d["client_events"][-6:]:
+            p(f"      client event {at} {step}: {what[:90]}")
     if r["phantom"]:
         p(f"  present, never sent:        {r['phantom']}")
     p(f"  connects:                   {r['connects'].get('ok', 0)} ok, {r['connects'].get('failed', 0)} failed")
@@ -681,6 +747,7 @@ def print_table(specs: list[str]) -> None:
         ("present, not acked", lambda r: r["present_not_acknowledged"]),
         ("lost", lambda r: r["lost"]),
         ("duplicates", lambda r: r["duplicates"]),
+        ("torn transactions", lambda r: r["torn"]),
     ]
     rows += [(f"errors {c}", lambda r, c=c: r["errors_by_sqlstate"].get(c, 0)) for c in codes]
     rows += [
