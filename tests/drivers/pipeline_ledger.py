@@ -44,8 +44,10 @@ at a seeded point in the middle of the run, `--restart-cmd` restarts the server.
 schedule (times, counts, which of the listed backends) comes from `--seed` alone, so every
 target gets the same one. Afterwards the table is read straight from PostgreSQL.
 
-`--assert` exits 1 when a row is lost or duplicated, an error has no SQLSTATE, a step
-hung, or a SQLSTATE is outside ALLOWED_SQLSTATES (DESIGN §3).
+`--assert` exits 1 when a row is lost or duplicated, a one-transaction pipeline (batch,
+flush, tx) is only partly present ("torn"), an error has no SQLSTATE, a step hung, or a
+SQLSTATE is outside ALLOWED_SQLSTATES (DESIGN §3). Lost rows are printed with their
+pipeline and the time they were acknowledged, to find them in the proxy's log.
 """
 
 from __future__ import annotations

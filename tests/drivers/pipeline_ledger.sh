@@ -15,6 +15,7 @@
 #   PIPELINE_LEDGER_SEED     fault schedule seed (default: random, printed)
 #   SUTURE_BIN               suture binary (default target/debug/suture, built if missing)
 #   PYTHON                   python 3 interpreter (default python3)
+#   SUTURE__LOG__LEVEL       passed through to Suture, e.g. "suture=debug,info"
 #
 # Needs root: installs missing Debian packages (postgresql, and pgbouncer for --compare)
 # and psycopg[binary] with pip, and runs initdb/pg_ctl as the postgres OS user in a temp
@@ -23,6 +24,8 @@
 # and PgBouncer the clients use trust (Suture: client_auth = "trust" on its loopback
 # listener; PgBouncer: auth_type = trust, with the password in its auth_file for its own
 # md5 login), so a mass reconnect after a fault costs no SCRAM PBKDF2 anywhere.
+# PgBouncer keeps its defaults otherwise (server_login_retry = 15 s: a login that fails
+# while the server restarts makes it refuse clients for that long).
 # Logs, configs and results of each run: target/drivers/pipeline-ledger/<time>/<target>/
 # (target/drivers/pipeline-ledger/latest points at the last one).
 # Exit status: non-zero when the Suture run fails its assertions (or setup fails).
