@@ -15,6 +15,8 @@ cargo build --all-targets
 # Its result is kept while the Rust tests still run, so one failure does not hide the other.
 driver_status=0
 bash tests/drivers/psycopg2_suite.sh || driver_status=$?
+# The replay contract under psycopg 3's pipeline mode, with backends killed and a restart.
+bash tests/drivers/pipeline_ledger.sh || driver_status=$?
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
 else
@@ -22,6 +24,6 @@ else
     cargo test --workspace --no-fail-fast "$@"
 fi
 if [ "$driver_status" -ne 0 ]; then
-    echo "test.sh: the psycopg2 driver suite failed (exit $driver_status); see above" >&2
+    echo "test.sh: a driver suite (psycopg2 or the psycopg 3 pipelined ledger) failed (exit $driver_status); see above" >&2
     exit "$driver_status"
 fi

@@ -1,9 +1,15 @@
 //! The ledger test (DESIGN §3, §9; issue 4): the proof of the replay contract.
 //!
 //! Many clients insert uniquely keyed rows `(client, seq)` into a table
-//! without a unique index, through Suture, while a chaos task resets and
-//! half-closes the backend flows through the fault relay, terminates
-//! backends with `pg_terminate_backend` and restarts the server once.
+//! without a unique index, through Suture, with the pool sized like the
+//! application's (`max_size` = clients): simple and extended queries,
+//! pipelined INSERTs (tokio-postgres sends them back to back), transactions,
+//! and raw clients that send extended-protocol batches behind a Flush before
+//! their Sync (as psycopg 3 does when it fetches mid-pipeline). A chaos task
+//! meanwhile resets and half-closes the backend flows through the fault
+//! relay, cuts them after a few bytes either way, black-holes them or stops
+//! reading from them for a moment, terminates backends with
+//! `pg_terminate_backend` and restarts the server once.
 //! Afterwards the table is read straight from PostgreSQL:
 //!
 //! 1. every acknowledged row exists exactly once (nothing acknowledged was lost),
@@ -11,8 +17,10 @@
 //! 3. every error a client saw carries a SQLSTATE that §3 allows
 //!    ([`ALLOWED_SQLSTATES`]).
 //!
+//! 4. no statement fails without a SQLSTATE (a bare close) and none hangs.
+//!
 //! Rows present but never acknowledged are fine: the client was told the
-//! outcome is unknown (40003 / 08007) or its connection dropped.
+//! outcome is unknown (40003 / 08007).
 //!
 //! Runs 15 s by default; `SUTURE_LEDGER_SECS=N` runs N seconds.
 //! `SUTURE_LEDGER_SEED=N` replays a chaos schedule (the seed is printed).
@@ -25,10 +33,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
+use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use support::dsn_for;
+use support::fault_relay::Direction;
+use support::raw_client::{error_fields, ext, BackendMsg};
 use support::rig::Rig;
+use support::RawClient;
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
@@ -74,6 +86,8 @@ const USER: &str = "md5user";
 const PASSWORD: &str = "md5-secret";
 /// Number of concurrent clients, each on its own connection.
 const CLIENTS: i32 = 16;
+/// Of them, this many speak the extended protocol by hand in Flush batches.
+const FLUSH_CLIENTS: i32 = 3;
 /// Default run time; `SUTURE_LEDGER_SECS` overrides it.
 const DEFAULT_SECS: u64 = 15;
 /// Suture's failover hold in the shared test config is 30 s; a step may
@@ -98,6 +112,12 @@ enum Op {
     InsertExtended,
     /// Autocommit INSERT that runs ~50 ms (pg_sleep), so faults hit it in flight.
     InsertSlow,
+    /// Three autocommit INSERTs sent back to back before any answer (pipelined).
+    InsertPipelined,
+    /// Raw client: Parse/Bind/Execute(INSERT)/Flush, answered before the Sync.
+    FlushInsert,
+    /// Raw client: the Sync that commits the Flush batches' implicit transaction.
+    FlushSync,
     Begin,
     TxInsert,
     Commit,
@@ -144,6 +164,15 @@ impl ClientLog {
         let slot = self.latency.entry(op).or_default();
         slot.0 = slot.0.max(took);
         slot.1 += took;
+    }
+
+    /// Keeps the first message of an error a raw client saw.
+    fn note_raw_error(&mut self, op: Op, outcome: &Outcome, message: String) {
+        if let Outcome::Sqlstate(code, severity) = outcome {
+            self.messages
+                .entry(format!("{code}/{op:?}"))
+                .or_insert_with(|| format!("{severity}: {message}"));
+        }
     }
 
     /// Records a failed statement; true when the error ended the session
@@ -320,7 +349,9 @@ async fn run_client(id: i32, port: u16, seed: u64, stop: Arc<AtomicBool>) -> Cli
         let Some(c) = conn.as_ref() else { continue };
         log.attempts += 1;
         let pick: f64 = rng.random();
-        let keep = if pick < 0.75 {
+        let keep = if pick < 0.15 {
+            run_pipelined(id, &mut seq, c, &mut log).await
+        } else if pick < 0.75 {
             // Autocommit INSERT: one row, acknowledged when it returns Ok.
             seq += 1;
             let key = (id, seq);
@@ -328,7 +359,7 @@ async fn run_client(id: i32, port: u16, seed: u64, stop: Arc<AtomicBool>) -> Cli
             let t = Instant::now();
             let (op, result) = if pick < 0.45 {
                 (Op::Insert, run_simple(c, &insert_sql(id, seq, false)).await)
-            } else if pick < 0.6 {
+            } else if pick < 0.55 {
                 (
                     Op::InsertSlow,
                     run_simple(c, &insert_sql(id, seq, true)).await,
@@ -372,6 +403,212 @@ async fn run_client(id: i32, port: u16, seed: u64, stop: Arc<AtomicBool>) -> Cli
         if !keep {
             // The session ended (FATAL, bare close) or hung: start afresh
             // rather than wait for tokio-postgres to notice the close.
+            conn = None;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(PAUSE_MS))).await;
+    }
+    log
+}
+
+/// Three autocommit INSERTs issued at once on one connection: tokio-postgres
+/// writes them back to back (each its own Sync) before reading any answer.
+/// Each row is acknowledged by its own answer. Returns false when the
+/// connection must be dropped.
+async fn run_pipelined(id: i32, seq: &mut i32, c: &Conn, log: &mut ClientLog) -> bool {
+    let keys: Vec<(i32, i32)> = (1..=3).map(|k| (id, *seq + k)).collect();
+    *seq += 3;
+    log.attempted.extend(&keys);
+    let t = Instant::now();
+    let sql = "INSERT INTO ledger (client, seq, payload) VALUES ($1, $2, 'pipelined')";
+    let runs = keys.iter().map(|(client, seq)| async move {
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+            [(client, Type::INT4), (seq, Type::INT4)];
+        c.client.execute_typed(sql, &params).await
+    });
+    let Ok(results) = tokio::time::timeout(STEP, futures_util::future::join_all(runs)).await else {
+        log.record(Op::InsertPipelined, Outcome::Hung, t.elapsed());
+        return false;
+    };
+    let mut keep = true;
+    for (key, result) in keys.into_iter().zip(results) {
+        match result {
+            Ok(n) => {
+                log.record(Op::InsertPipelined, Outcome::Ok, t.elapsed());
+                log.acked.push(key);
+                if n != 1 {
+                    log.wrong_counts
+                        .push(format!("pipelined INSERT of {key:?} acknowledged {n} rows"));
+                }
+            }
+            Err(err) => keep &= !log.record_err(Op::InsertPipelined, &err, c, t.elapsed()),
+        }
+    }
+    keep
+}
+
+/// What a raw client saw for one step.
+enum RawStep {
+    /// The step's answer, ending with the wanted message.
+    Answered(Vec<BackendMsg>),
+    /// The connection closed or broke.
+    Closed(String),
+    /// No answer within [`STEP`].
+    Hung,
+}
+
+/// Sends `bytes` and reads until a message with tag `until` (or an
+/// ErrorResponse, when `or_error`).
+async fn raw_step(raw: &mut RawClient, bytes: &[u8], until: u8, or_error: bool) -> RawStep {
+    if let Err(err) = raw.send(bytes).await {
+        return RawStep::Closed(first_line(&err.to_string()));
+    }
+    let deadline = Instant::now() + STEP;
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return RawStep::Hung;
+        }
+        match raw.read_message(left).await {
+            Ok(msg) => {
+                let done = msg.tag == until || or_error && msg.tag == b'E';
+                got.push(msg);
+                if done {
+                    return RawStep::Answered(got);
+                }
+            }
+            Err(err) if err.to_string().contains("timed out") => return RawStep::Hung,
+            Err(err) => return RawStep::Closed(first_line(&err.to_string())),
+        }
+    }
+}
+
+/// The first ErrorResponse among `msgs` as an outcome, with its message.
+fn raw_error(msgs: &[BackendMsg]) -> Option<(Outcome, String)> {
+    let error = msgs.iter().find(|m| m.tag == b'E')?;
+    let fields = error_fields(&error.body);
+    let get = |c: u8| {
+        fields
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    Some((Outcome::Sqlstate(get(b'C'), get(b'S')), get(b'M')))
+}
+
+/// A client speaking the extended protocol by hand in Flush-delimited
+/// batches: INSERT behind a Flush (its CommandComplete read), a second one
+/// the same way, then the Sync that commits both (they share the implicit
+/// transaction). Both rows are acknowledged only by a ReadyForQuery with no
+/// error on the way.
+async fn run_flush_client(id: i32, port: u16, seed: u64, stop: Arc<AtomicBool>) -> ClientLog {
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(id as u64 + 1)));
+    let mut log = ClientLog::default();
+    let mut conn: Option<RawClient> = None;
+    let mut seq: i32 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if conn.is_none() {
+            let t = Instant::now();
+            let login = async {
+                let mut raw = RawClient::connect(port).await?;
+                raw.login(USER, PASSWORD, "app").await?;
+                Ok::<_, anyhow::Error>(raw)
+            };
+            match tokio::time::timeout(STEP, login).await {
+                Ok(Ok(raw)) => {
+                    log.record(Op::Connect, Outcome::Ok, t.elapsed());
+                    conn = Some(raw);
+                }
+                Ok(Err(err)) => {
+                    let text = first_line(&format!("{err:#}"));
+                    let outcome = match text.split_once("login failed: ") {
+                        Some((_, rest)) => Outcome::Sqlstate(
+                            rest.split(':').next().unwrap_or_default().to_string(),
+                            "FATAL".to_string(),
+                        ),
+                        None => Outcome::Bare(text),
+                    };
+                    log.record(Op::Connect, outcome, t.elapsed());
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(100..300))).await;
+                    continue;
+                }
+                Err(_) => {
+                    log.record(Op::Connect, Outcome::Hung, t.elapsed());
+                    continue;
+                }
+            }
+        }
+        let Some(raw) = conn.as_mut() else { continue };
+        log.attempts += 1;
+        let keys = [(id, seq + 1), (id, seq + 2)];
+        seq += 2;
+        log.attempted.extend(keys);
+        let mut failed = false;
+        let mut keep = true;
+        for (client, s) in keys {
+            let mut batch = BytesMut::new();
+            let sql = format!(
+                "INSERT INTO ledger (client, seq, payload) VALUES ({client}, {s}, 'flush')"
+            );
+            if ext::parse("", &sql, &mut batch).is_err() || ext::bind("", &mut batch).is_err() {
+                break;
+            }
+            let _ = ext::execute(&mut batch);
+            ext::flush(&mut batch);
+            let t = Instant::now();
+            match raw_step(raw, &batch, b'C', true).await {
+                RawStep::Answered(msgs) => match raw_error(&msgs) {
+                    None => log.record(Op::FlushInsert, Outcome::Ok, t.elapsed()),
+                    Some((outcome, message)) => {
+                        log.note_raw_error(Op::FlushInsert, &outcome, message);
+                        keep &= !matches!(&outcome, Outcome::Sqlstate(_, sev) if sev != "ERROR");
+                        log.record(Op::FlushInsert, outcome, t.elapsed());
+                        failed = true;
+                    }
+                },
+                RawStep::Closed(how) => {
+                    log.record(Op::FlushInsert, Outcome::Bare(how), t.elapsed());
+                    keep = false;
+                }
+                RawStep::Hung => {
+                    log.record(Op::FlushInsert, Outcome::Hung, t.elapsed());
+                    keep = false;
+                }
+            }
+            if failed || !keep {
+                break;
+            }
+        }
+        if keep {
+            let mut sync = BytesMut::new();
+            ext::sync(&mut sync);
+            let t = Instant::now();
+            match raw_step(raw, &sync, b'Z', false).await {
+                RawStep::Answered(msgs) => match raw_error(&msgs) {
+                    None if !failed => {
+                        log.record(Op::FlushSync, Outcome::Ok, t.elapsed());
+                        log.acked.extend(keys);
+                    }
+                    None => {}
+                    Some((outcome, message)) => {
+                        log.note_raw_error(Op::FlushSync, &outcome, message);
+                        keep &= !matches!(&outcome, Outcome::Sqlstate(_, sev) if sev != "ERROR");
+                        log.record(Op::FlushSync, outcome, t.elapsed());
+                    }
+                },
+                RawStep::Closed(how) => {
+                    log.record(Op::FlushSync, Outcome::Bare(how), t.elapsed());
+                    keep = false;
+                }
+                RawStep::Hung => {
+                    log.record(Op::FlushSync, Outcome::Hung, t.elapsed());
+                    keep = false;
+                }
+            }
+        }
+        if !keep {
             conn = None;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(PAUSE_MS))).await;
@@ -503,7 +740,7 @@ async fn chaos(rig: &Rig, seed: u64, run: Duration) -> FaultLog {
             }
             continue;
         }
-        match rng.random_range(0..3) {
+        match rng.random_range(0..6) {
             0 => {
                 let flows = rig.relay.flow_count() as u64;
                 log.flows_hit += flows;
@@ -522,6 +759,47 @@ async fn chaos(rig: &Rig, seed: u64, run: Duration) -> FaultLog {
                     .push(format!("{at:>6} ms  fin_all ({flows} flows)"));
                 if let Err(err) = rig.relay.fin_all().await {
                     log.failures.push(format!("fin_all: {err:#}"));
+                }
+            }
+            2 => {
+                // Every open flow is reset after a few more bytes either way:
+                // mid-request, mid-reply, between messages.
+                let (direction, name) = if rng.random_bool(0.5) {
+                    (Direction::ToServer, "relay cut towards server")
+                } else {
+                    (Direction::ToClient, "relay cut towards client")
+                };
+                let n = rng.random_range(0..300);
+                *log.count.entry(name).or_insert(0) += 1;
+                log.timeline
+                    .push(format!("{at:>6} ms  {name} after {n} bytes"));
+                if let Err(err) = rig.relay.cut_open_after(direction, n).await {
+                    log.failures.push(format!("cut: {err:#}"));
+                }
+            }
+            3 | 4 => {
+                // A black hole or a backend that stops reading, for a moment
+                // (a network blip): requests in flight must simply be late.
+                let pause = Duration::from_millis(rng.random_range(200..900));
+                let name = if rng.random_bool(0.5) {
+                    let r = rig.relay.blackhole_all().await;
+                    if let Err(err) = r {
+                        log.failures.push(format!("blackhole: {err:#}"));
+                    }
+                    "relay black hole"
+                } else {
+                    let r = rig.relay.stop_reading_all().await;
+                    if let Err(err) = r {
+                        log.failures.push(format!("stop reading: {err:#}"));
+                    }
+                    "relay stop reading"
+                };
+                *log.count.entry(name).or_insert(0) += 1;
+                log.timeline
+                    .push(format!("{at:>6} ms  {name} for {pause:?}"));
+                tokio::time::sleep(pause).await;
+                if let Err(err) = rig.relay.resume_all().await {
+                    log.failures.push(format!("resume: {err:#}"));
                 }
             }
             _ => {
@@ -640,7 +918,14 @@ async fn ledger_no_lost_ack_no_double_execution_truthful_errors() -> anyhow::Res
     let stop = Arc::new(AtomicBool::new(false));
     let port = rig.suture.port();
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|id| tokio::spawn(run_client(id, port, seed, Arc::clone(&stop))))
+        .map(|id| {
+            let stop = Arc::clone(&stop);
+            if id < CLIENTS - FLUSH_CLIENTS {
+                tokio::spawn(run_client(id, port, seed, stop))
+            } else {
+                tokio::spawn(run_flush_client(id, port, seed, stop))
+            }
+        })
         .collect();
     // Let every client connect before the first fault.
     tokio::time::sleep(Duration::from_millis(500)).await;
