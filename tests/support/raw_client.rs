@@ -228,6 +228,31 @@ impl RawClient {
         }
     }
 
+    /// Reads exactly `n` bytes (e.g. the one-byte answer to an SSLRequest), within `limit`.
+    pub(crate) async fn read_bytes(
+        &mut self,
+        n: usize,
+        limit: Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        let read = async {
+            while self.pending.len() < n {
+                let mut chunk = [0u8; 4096];
+                let got = self.stream.read(&mut chunk).await?;
+                if got == 0 {
+                    bail!(
+                        "connection closed by peer after {} bytes",
+                        self.pending.len()
+                    );
+                }
+                self.pending.extend_from_slice(&chunk[..got]);
+            }
+            Ok(self.pending.drain(..n).collect())
+        };
+        tokio::time::timeout(limit, read)
+            .await
+            .context("timed out waiting for bytes")?
+    }
+
     /// Reads messages up to and including the next ReadyForQuery.
     pub(crate) async fn read_until_ready(
         &mut self,

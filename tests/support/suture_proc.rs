@@ -23,31 +23,50 @@ impl SutureProc {
     /// Writes `config_toml` to a file, starts the binary and waits until the
     /// first pool's listen port accepts TCP connections.
     pub(crate) async fn start(config_toml: &str) -> anyhow::Result<SutureProc> {
+        let (proc, _) = Self::start_with(config_toml, None, false).await?;
+        Ok(proc)
+    }
+
+    /// Like [`SutureProc::start`], with the log filter `rust_log` (instead of the caller's
+    /// `RUST_LOG` or `info`), and with stderr handed to the caller as a pipe it reads (or
+    /// does not read) itself when `piped_stderr`.
+    pub(crate) async fn start_with(
+        config_toml: &str,
+        rust_log: Option<&str>,
+        piped_stderr: bool,
+    ) -> anyhow::Result<(SutureProc, Option<std::process::ChildStderr>)> {
         let listen_port = first_pool_listen_port(config_toml)
             .context("config has no [pools.*] listen = \"host:port\"")?;
         let dir = tempfile::Builder::new().prefix("suture-proc-").tempdir()?;
         let config_path = dir.path().join("suture.toml");
         std::fs::write(&config_path, config_toml)?;
         let log = File::create(dir.path().join("suture.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_suture"))
+        let filter = match rust_log {
+            Some(filter) => filter.to_owned(),
+            None => std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        };
+        let stderr = if piped_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::from(log.try_clone()?)
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_suture"))
             .arg("--config")
             .arg(&config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+            .stdout(log)
+            .stderr(stderr)
             .spawn()
             .context("spawning the suture binary")?;
+        let pipe = child.stderr.take();
         let mut proc = SutureProc {
             child,
             dir,
             listen_port,
         };
         proc.wait_listening(Duration::from_secs(10)).await?;
-        Ok(proc)
+        Ok((proc, pipe))
     }
 
     async fn wait_listening(&mut self, limit: Duration) -> anyhow::Result<()> {
