@@ -83,6 +83,10 @@ pub mod defaults {
     pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
     /// `pools.*.keepalive_idle`.
     pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+    /// `pools.*.auth_failure_delay`: none.
+    pub const AUTH_FAILURE_DELAY: Duration = Duration::ZERO;
+    /// `runtime.max_buffered_bytes`: 512 MiB.
+    pub const MAX_BUFFERED_BYTES: usize = 512 << 20;
 }
 
 /// The whole validated configuration. Passed by value; there is no global.
@@ -104,6 +108,9 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RuntimeConfig {
     pub worker_threads: usize,
+    /// Bytes all sessions together may hold of client messages that must arrive whole before
+    /// they can be sent on (large queries, Parse, Bind and COPY data stream through instead).
+    pub max_buffered_bytes: usize,
 }
 
 /// `[admin]`: the HTTP port for `/metrics`, `/healthz` and `/readyz`.
@@ -335,6 +342,8 @@ pub struct Timeouts {
     pub tcp_user_timeout: Duration,
     /// Idle time of a backend socket before the first TCP keepalive probe.
     pub keepalive_idle: Duration,
+    /// A client whose authentication failed is answered only after this long.
+    pub auth_failure_delay: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

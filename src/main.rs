@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use suture::config::{Config, ConfigError, LogConfig, LogFormat, RuntimeConfig};
-use tracing_subscriber::EnvFilter;
+use suture::config::{Config, ConfigError, RuntimeConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "suture", version, about)]
@@ -92,7 +91,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
             anyhow::bail!("invalid configuration");
         }
     };
-    init_tracing(&config.log)?;
+    let _log = suture::logging::init(&config.log)?;
     tracing::info!(
         config = %path.display(),
         pools = config.pools.len(),
@@ -121,23 +120,4 @@ fn build_runtime(settings: &RuntimeConfig) -> std::io::Result<tokio::runtime::Ru
             .enable_all()
             .build()
     }
-}
-
-/// Text or JSON lines on stderr; `RUST_LOG`, when set, overrides `log.level`.
-fn init_tracing(log: &LogConfig) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.is_empty() => {
-            EnvFilter::try_new(&directives).context("invalid RUST_LOG")?
-        }
-        _ => EnvFilter::try_new(&log.level).context("invalid log.level")?,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let result = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    result.map_err(|err| anyhow::anyhow!("cannot install the log subscriber: {err}"))
 }

@@ -7,8 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::{Config, Protocol};
@@ -17,6 +16,7 @@ use crate::net::socket::configure_client_socket;
 use crate::net::tls::TlsError;
 use crate::postgres::cancel::CancelRegistry;
 use crate::postgres::PgService;
+use crate::session::budget::BufferBudget;
 
 /// How long shutdown waits for sessions to end before closing them.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -58,6 +58,7 @@ pub enum ServerError {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let resolver = Resolver::new(Duration::from_secs(2));
     let cancels = Arc::new(CancelRegistry::default());
+    let buffer_budget = BufferBudget::new(config.runtime.max_buffered_bytes);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut pools = Vec::new();
     for (name, pool) in &config.pools {
@@ -72,12 +73,16 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                     addr: pool.listen,
                     source,
                 })?;
-        let svc = PgService::new(pool.clone(), resolver.clone(), Arc::clone(&cancels)).map_err(
-            |source| ServerError::Tls {
-                pool: name.clone(),
-                source,
-            },
-        )?;
+        let svc = PgService::new(
+            pool.clone(),
+            resolver.clone(),
+            Arc::clone(&cancels),
+            Arc::clone(&buffer_budget),
+        )
+        .map_err(|source| ServerError::Tls {
+            pool: name.clone(),
+            source,
+        })?;
         svc.pool.spawn_maintenance(MAINTENANCE_EVERY);
         let slots = Arc::new(Semaphore::new(pool.sizes.max_client_connections));
         tracing::info!(pool = %name, listen = %pool.listen, servers = ?pool.servers.iter().map(ToString::to_string).collect::<Vec<_>>(), "listening");
@@ -142,7 +147,7 @@ async fn accept_loop(
             tracing::debug!(error = %err, "could not set client socket options");
         }
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            tokio::spawn(refuse_too_many(stream, svc.config.timeouts.client_write));
+            tokio::spawn(crate::postgres::refuse_at_cap(Arc::clone(&svc), stream));
             continue;
         };
         let svc = Arc::clone(&svc);
@@ -153,23 +158,4 @@ async fn accept_loop(
             drop(permit);
         });
     }
-}
-
-/// Tells a client over the connection limit so, the way PostgreSQL does.
-async fn refuse_too_many(mut stream: TcpStream, limit: Duration) {
-    metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "rejected").increment(1);
-    let mut out = BytesMut::new();
-    if suture_protocol::pg::encode_error_response(
-        "FATAL",
-        "53300",
-        "sorry, too many clients already",
-        None,
-        &mut out,
-    )
-    .is_err()
-    {
-        return;
-    }
-    let write = tokio::io::AsyncWriteExt::write_all(&mut stream, &out);
-    let _ = tokio::time::timeout(limit, write).await;
 }

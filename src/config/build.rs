@@ -227,7 +227,24 @@ fn build_runtime(c: &mut Checker, value: Option<Value>) -> RuntimeConfig {
             format!("{worker_threads} is more than {MAX_WORKER_THREADS}"),
         );
     }
-    RuntimeConfig { worker_threads }
+    let max_buffered_bytes = match raw.max_buffered_bytes.map(usize::try_from) {
+        None => defaults::MAX_BUFFERED_BYTES,
+        Some(Ok(bytes)) if bytes >= defaults::MIN_MESSAGE_SIZE_LIMIT => bytes,
+        Some(_) => {
+            c.add(
+                "runtime.max_buffered_bytes",
+                format!(
+                    "must be at least {} bytes",
+                    defaults::MIN_MESSAGE_SIZE_LIMIT
+                ),
+            );
+            defaults::MAX_BUFFERED_BYTES
+        }
+    };
+    RuntimeConfig {
+        worker_threads,
+        max_buffered_bytes,
+    }
 }
 
 /// More event-loop threads than this is a typo, not a setting.
@@ -473,6 +490,12 @@ fn build_timeouts(c: &mut Checker, name: &str, raw: &RawPool) -> Timeouts {
             raw.keepalive_idle,
             defaults::KEEPALIVE_IDLE,
             false,
+        ),
+        auth_failure_delay: timeout(
+            "auth_failure_delay",
+            raw.auth_failure_delay,
+            defaults::AUTH_FAILURE_DELAY,
+            true,
         ),
     }
 }

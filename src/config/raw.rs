@@ -75,6 +75,9 @@ pub(super) struct RawLog {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRuntime {
     pub(super) worker_threads: Option<usize>,
+    /// Bytes: an integer, or a string such as `"512MiB"`.
+    #[serde(default, deserialize_with = "byte_size")]
+    pub(super) max_buffered_bytes: Option<u64>,
 }
 
 /// `[pools.NAME]` without its `users` table.
@@ -133,6 +136,8 @@ pub(super) struct RawPool {
     pub(super) tcp_user_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub(super) keepalive_idle: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) auth_failure_delay: Option<Duration>,
 }
 
 /// `[pools.NAME.users.USER]`: exactly one of the three must be set.

@@ -142,6 +142,7 @@ fn defaults_apply() -> Result<(), ConfigError> {
             health_check_timeout: s(2),
             tcp_user_timeout: s(30),
             keepalive_idle: s(30),
+            auth_failure_delay: Duration::ZERO,
         }
     );
     Ok(())
@@ -157,6 +158,7 @@ format = "json"
 level = "suture=debug,info"
 [runtime]
 worker_threads = 0
+max_buffered_bytes = "128MiB"
 [pools.app]
 protocol = "mysql"
 listen = "127.0.0.1:3307"
@@ -186,6 +188,7 @@ health_check_after = "0s"
 health_check_timeout = "750ms"
 tcp_user_timeout = "0s"
 keepalive_idle = "45s"
+auth_failure_delay = "250ms"
 role = "any"
 [pools.app.users.app]
 password = "x"
@@ -195,6 +198,7 @@ password = "x"
     assert_eq!(config.log.format, LogFormat::Json);
     assert_eq!(config.log.level, "suture=debug,info");
     assert_eq!(config.runtime.worker_threads, 0);
+    assert_eq!(config.runtime.max_buffered_bytes, 128 << 20);
     let app = pool(&config);
     assert_eq!(app.protocol, Protocol::Mysql);
     assert_eq!(app.servers.len(), 3);
@@ -218,6 +222,7 @@ password = "x"
     );
     assert_eq!(app.timeouts.tcp_user_timeout, Duration::ZERO);
     assert_eq!(app.timeouts.keepalive_idle, Duration::from_secs(45));
+    assert_eq!(app.timeouts.auth_failure_delay, Duration::from_millis(250));
     assert_eq!(app.role, ServerRole::Any);
     Ok(())
 }

@@ -75,8 +75,19 @@ impl ScramKeys {
         })
     }
 
-    /// Keys no password matches: used for unknown users, so the exchange looks the same as for a
-    /// known user with a wrong password and the client learns nothing about which was wrong.
+    /// Keys no password matches, for a user Suture does not know. The salt is derived from the
+    /// user name and `secret` (a random value of the process), as PostgreSQL derives its mock
+    /// salt: the same user always gets the same salt, like a configured one, so two tries tell
+    /// nothing about whether the user exists.
+    pub(crate) fn mock(user: &str, secret: &[u8; 32]) -> ScramKeys {
+        let mut keys = ScramKeys::random();
+        let mut message = b"suture mock SCRAM salt\0".to_vec();
+        message.extend_from_slice(user.as_bytes());
+        keys.salt = hmac(secret, &message)[..16].to_vec();
+        keys
+    }
+
+    /// Keys no password matches (random salt and keys).
     pub(crate) fn random() -> ScramKeys {
         let mut rng = rand::rng();
         let mut salt = vec![0u8; 16];
@@ -306,5 +317,15 @@ mod tests {
         let response = postgres_protocol::authentication::md5_hash(b"app", b"pw", salt);
         assert!(md5_matches("app", "pw", salt, response.as_bytes()));
         assert!(!md5_matches("app", "other", salt, response.as_bytes()));
+    }
+
+    #[test]
+    fn mock_salts_are_stable_per_user_and_secret() {
+        let secret = [7u8; 32];
+        let a = ScramKeys::mock("nobody", &secret);
+        assert_eq!(a.salt, ScramKeys::mock("nobody", &secret).salt);
+        assert_ne!(a.salt, ScramKeys::mock("somebody", &secret).salt);
+        assert_ne!(a.salt, ScramKeys::mock("nobody", &[8u8; 32]).salt);
+        assert_eq!((a.salt.len(), a.iterations), (16, 4096));
     }
 }

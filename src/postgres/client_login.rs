@@ -11,6 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::ClientAuthMethod;
+use crate::peer_text;
 use crate::postgres::cancel;
 use crate::postgres::client_auth::{self, ScramExchange, ScramKeys, SCRAM_SHA_256};
 use crate::postgres::context::{PgKey, PgService};
@@ -54,12 +55,28 @@ pub(crate) async fn login(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
 ) -> Result<LoginOutcome, ClientError> {
-    let startup = loop {
+    let Some(startup) = read_startup(svc, stream, buf).await? else {
+        return Ok(LoginOutcome::Cancelled);
+    };
+    let login = parse_login(&svc.config.database, startup)?;
+    authenticate(svc, stream, buf, &login.user).await?;
+    Ok(LoginOutcome::Authenticated(login))
+}
+
+/// Reads up to the StartupMessage, answering SSLRequest and GSSENCRequest (once each) with
+/// 'N'; a CancelRequest is routed and gives `None`.
+pub(crate) async fn read_startup(
+    svc: &PgService,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<StartupMessage>, ClientError> {
+    let mut negotiated = Negotiated::default();
+    loop {
         match pg::parse_startup(buf, MAX_STARTUP_PACKET)? {
             None => {
                 wire::fill(stream, buf).await?;
             }
-            Some(StartupRequest::SslRequest) | Some(StartupRequest::GssEncRequest) => {
+            Some(request @ (StartupRequest::SslRequest | StartupRequest::GssEncRequest)) => {
                 if !buf.is_empty() {
                     // Bytes after an encryption request would be a protocol violation (and, with
                     // TLS, a buffer-stuffing attack): refuse.
@@ -67,6 +84,7 @@ pub(crate) async fn login(
                         "data after encryption request".into(),
                     ));
                 }
+                negotiated.request(&request)?;
                 stream.write_all(b"N").await?;
             }
             Some(StartupRequest::Cancel(request)) => {
@@ -78,32 +96,56 @@ pub(crate) async fn login(
                     }
                     drop(guard);
                 }
-                return Ok(LoginOutcome::Cancelled);
+                return Ok(None);
             }
-            Some(StartupRequest::Startup(startup)) => break startup,
+            Some(StartupRequest::Startup(startup)) => return Ok(Some(startup)),
         }
-    };
-    let login = parse_login(&svc.config.database, startup)?;
-    authenticate(svc, stream, buf, &login.user).await?;
-    Ok(LoginOutcome::Authenticated(login))
+    }
 }
 
-/// Splits the startup parameters into what keys the pool and what is applied with SET.
+/// The encryption requests a connection made: PostgreSQL answers one SSLRequest and one
+/// GSSENCRequest per connection; another is a protocol violation, not a loop to keep a
+/// connection busy in.
+#[derive(Default)]
+struct Negotiated {
+    ssl: bool,
+    gss: bool,
+}
+
+impl Negotiated {
+    fn request(&mut self, request: &StartupRequest) -> Result<(), ClientError> {
+        let seen = match request {
+            StartupRequest::SslRequest => &mut self.ssl,
+            _ => &mut self.gss,
+        };
+        if std::mem::replace(seen, true) {
+            return Err(ClientError::Protocol(
+                "encryption was already negotiated on this connection".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Splits the startup parameters into what keys the pool and what is applied with SET. User
+/// and database names are cut to 63 bytes, as PostgreSQL cuts them.
 fn parse_login(
     database_override: &Option<String>,
     startup: StartupMessage,
 ) -> Result<ClientLogin, ClientError> {
     let user = match startup.user() {
-        Some(user) if !user.is_empty() => user.to_owned(),
+        Some(user) if !user.is_empty() => peer_text::name(user).to_owned(),
         _ => return Err(ClientError::NoUser),
     };
     let database = match database_override {
         Some(db) => db.clone(),
-        None => startup
-            .database()
-            .filter(|d| !d.is_empty())
-            .unwrap_or(&user)
-            .to_owned(),
+        None => peer_text::name(
+            startup
+                .database()
+                .filter(|d| !d.is_empty())
+                .unwrap_or(&user),
+        )
+        .to_owned(),
     };
     let mut from_options = Vec::new();
     let mut settings = Vec::new();
@@ -206,12 +248,12 @@ async fn authenticate(
             if initial.mechanism != SCRAM_SHA_256 {
                 return Err(ClientError::Protocol(format!(
                     "unsupported SASL mechanism {:?}",
-                    initial.mechanism
+                    peer_text::bounded(initial.mechanism)
                 )));
             }
             let keys = secrets
                 .map(|s| s.scram.clone())
-                .unwrap_or_else(ScramKeys::random);
+                .unwrap_or_else(|| ScramKeys::mock(user, &svc.mock_secret));
             let client_first = initial.data.unwrap_or_default();
             let (exchange, server_first) =
                 ScramExchange::start(keys, client_first).map_err(scram_error)?;
@@ -296,6 +338,22 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(login.database, "real");
+    }
+
+    #[test]
+    fn long_names_are_cut_like_postgresql_cuts_them() {
+        let long = "u".repeat(9_900);
+        let login = parse_login(&None, startup(&[("user", &long)])).expect("valid");
+        assert_eq!(login.user.len(), 63);
+        assert_eq!(login.database.len(), 63);
+    }
+
+    #[test]
+    fn each_encryption_request_is_answered_once() {
+        let mut n = Negotiated::default();
+        assert!(n.request(&StartupRequest::SslRequest).is_ok());
+        assert!(n.request(&StartupRequest::GssEncRequest).is_ok());
+        assert!(n.request(&StartupRequest::SslRequest).is_err());
     }
 
     #[test]

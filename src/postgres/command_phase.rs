@@ -91,7 +91,7 @@ pub(super) async fn run(
         client_read,
         client_write,
         cbuf,
-        client: ClientStream::new(max),
+        client: ClientStream::new(max, std::sync::Arc::clone(&svc.buffer_budget)),
         backend: BackendStream::new(max),
         checkout,
         shared: Shared::default(),
@@ -112,12 +112,31 @@ pub(super) async fn run(
                 tracing::debug!("client terminated the session");
                 Next::End
             }
+            RelayEnd::ClientGone(WireError::StoppedReading(limit)) => {
+                tracing::info!(pool = %phase.pool(), ?limit, "client stopped reading (client_write_timeout); closing its connection");
+                Next::End
+            }
             RelayEnd::ClientGone(err) => {
                 tracing::debug!(error = %err, "client left");
                 Next::End
             }
             RelayEnd::ClientProtocol(err) => {
                 phase.client_protocol_error(ClientError::from(err)).await;
+                return;
+            }
+            RelayEnd::OverBudget(bytes) => {
+                let notice = ClientNotice {
+                    severity: "FATAL",
+                    code: "53200".to_owned(),
+                    message: format!(
+                        "out of memory: a message of {bytes} bytes must arrive whole, and client messages already use the memory all sessions may hold (runtime.max_buffered_bytes)"
+                    ),
+                    detail: None,
+                };
+                if let Some(suppressed) = svc.log_limit.allow("over_budget") {
+                    tracing::warn!(pool = %phase.pool(), bytes, suppressed, "client refused: its message would pass runtime.max_buffered_bytes");
+                }
+                phase.tell(Some(notice)).await;
                 return;
             }
             RelayEnd::Rotate => phase.rotate().await,
@@ -249,7 +268,9 @@ impl CommandPhase<'_> {
     }
 
     pub(super) async fn client_protocol_error(&mut self, err: ClientError) {
-        tracing::info!(pool = %self.pool(), error = %err, "client protocol violation");
+        if let Some(suppressed) = self.svc.log_limit.allow("protocol_error") {
+            tracing::info!(pool = %self.pool(), error = %err, suppressed, "client protocol violation; closing its connection");
+        }
         metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "protocol_error")
             .increment(1);
         let notice = err.notice(self.pool());

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::config::ServerAddr;
 use crate::config::{PoolConfig, ServerRole, Timeouts};
+use crate::log_limit::LogLimiter;
 use crate::net::dns::Resolver;
 use crate::net::tls::{BackendTls, TlsError};
 use crate::pool::{Manager, Pool, PoolSettings};
@@ -15,6 +16,7 @@ use crate::postgres::backend::{self, BackendConn, BackendError};
 use crate::postgres::cancel::CancelRegistry;
 use crate::postgres::client_auth::UserSecrets;
 use crate::retry_budget::{RetryBudget, DEFAULT_BURST, DEFAULT_REFILL_PER_SECOND};
+use crate::session::budget::BufferBudget;
 
 /// Which sub-pool a backend connection belongs to: what PostgreSQL fixes at login and `SET`
 /// cannot change afterwards. A client's startup options are settings applied at checkout, so
@@ -81,6 +83,12 @@ pub(crate) struct PgService {
     pub(crate) cancels: Arc<CancelRegistry>,
     /// Replays this pool may still make (DESIGN §3 global retry budget).
     pub(crate) replay_budget: RetryBudget,
+    /// Log lines clients can cause at will, rate-limited per cause.
+    pub(crate) log_limit: LogLimiter,
+    /// A random value of the process that unknown users' mock SCRAM salts derive from.
+    pub(crate) mock_secret: [u8; 32],
+    /// The memory all sessions of the process may hold in client messages held whole.
+    pub(crate) buffer_budget: Arc<BufferBudget>,
 }
 
 impl PgService {
@@ -89,6 +97,7 @@ impl PgService {
         config: PoolConfig,
         resolver: Resolver,
         cancels: Arc<CancelRegistry>,
+        buffer_budget: Arc<BufferBudget>,
     ) -> Result<Arc<PgService>, TlsError> {
         let users = config
             .users
@@ -135,6 +144,9 @@ impl PgService {
             pool,
             cancels,
             replay_budget: RetryBudget::new(DEFAULT_BURST, DEFAULT_REFILL_PER_SECOND),
+            log_limit: LogLimiter::default(),
+            mock_secret: rand::random(),
+            buffer_budget,
         }))
     }
 

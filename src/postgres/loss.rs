@@ -13,7 +13,6 @@
 //! Nothing the lost backend accepted is ever sent to another one, except in a replay.
 
 use bytes::{Buf, BytesMut};
-use suture_protocol::pg::Scanner;
 use tokio::io::AsyncReadExt;
 
 use crate::heal::{self, After, Decision, LossFacts, RefusalReason, ReplayReason};
@@ -234,9 +233,7 @@ impl CommandPhase<'_> {
             0
         };
         self.cbuf.advance(drop);
-        client.scanner = Scanner::for_client(self.limits.max_message_size);
-        client.scanned = 0;
-        client.base = 0;
+        client.restart(self.limits.max_message_size);
     }
 
     /// Reads and drops the rest of a message streamed to a lost backend; false if the client

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use suture_protocol::pg::{self, TxStatus, HEADER_LEN};
 
 use crate::postgres::session_state::classify;
-use crate::postgres::statement::Statement;
+use crate::postgres::statement::{Statement, StreamedStatement};
 use crate::postgres::tracker::Tracker;
 use crate::session::ledger::{Boundary, Reply, Traits, TxState};
 
@@ -104,6 +104,118 @@ pub(crate) fn note_client_message(tag: u8, message: &[u8], tracker: &mut Tracker
                 .end(message, Boundary::Command, UNKNOWN, None);
             true
         }
+    }
+}
+
+/// What is known of a client request streamed to the backend in pieces (larger than the
+/// stream threshold): how it starts, and its statement so far.
+#[derive(Debug, Default)]
+pub(crate) struct StreamedRequest {
+    /// The name of the statement a Parse prepares or a Bind binds, when the first piece had it.
+    name: Option<String>,
+    statement: StreamedStatement,
+}
+
+/// Records one piece of a client request streamed in pieces (Query, Parse, Bind,
+/// FunctionCall); `state` is `None` before its first piece and is cleared after its last.
+/// Such a request is never kept for a replay (it is larger than what the ledger keeps), and a
+/// statement it prepares is not restored after a heal.
+pub(crate) fn note_streamed_piece(
+    tag: u8,
+    piece: &[u8],
+    last: bool,
+    state: &mut Option<StreamedRequest>,
+    tracker: &mut Tracker,
+) {
+    let first = state.is_none();
+    let request = state.get_or_insert_with(StreamedRequest::default);
+    let text = if first {
+        let body = piece.get(HEADER_LEN..).unwrap_or_default();
+        match tag {
+            b'P' | b'B' => {
+                // Parse: name, query; Bind: portal, statement.
+                let mut fields = body.splitn(3, |&b| b == 0);
+                let first_name = fields.next().unwrap_or_default();
+                let second = fields.next();
+                let (name, rest) = match (tag, second) {
+                    (b'P', _) => (Some(first_name), body.get(first_name.len() + 1..)),
+                    (_, Some(statement)) if body.len() > first_name.len() + statement.len() + 1 => {
+                        (Some(statement), None)
+                    }
+                    _ => (None, None),
+                };
+                request.name = name.map(|n| String::from_utf8_lossy(n).into_owned());
+                rest.unwrap_or_default()
+            }
+            _ => body,
+        }
+    } else {
+        piece
+    };
+    if matches!(tag, b'Q' | b'P') {
+        request.statement.feed(text);
+    }
+    if first {
+        let counted = matches!(tag, b'P' | b'B');
+        tracker.ledger.part(piece, counted, WAITS, None);
+    } else if !last {
+        tracker.ledger.continuation(piece);
+    }
+    if !last {
+        return;
+    }
+    let Some(request) = state.take() else { return };
+    tracker.dirty = true;
+    match tag {
+        b'Q' => {
+            tracker.tainted |= request.statement.judge(|s| s.may_taint_session());
+            let traits = Traits {
+                executes: true,
+                may_commit: request.statement.judge(|s| s.may_commit()),
+                ends_tx: None,
+                waits: true,
+            };
+            end_or_continue(tracker, piece, first, Some(traits));
+        }
+        b'P' => {
+            let named = request.name.as_deref().is_some_and(|n| !n.is_empty());
+            // A prepared statement this large is not kept for a restore.
+            tracker.tainted |= named || request.statement.judge(|s| s.may_taint_session());
+            let traits = Traits {
+                executes: true,
+                may_commit: request.statement.judge(|s| s.may_commit()),
+                ends_tx: None,
+                waits: true,
+            };
+            tracker.parse_sent(request.name.as_deref().unwrap_or_default(), traits, None);
+            end_or_continue(tracker, piece, first, None);
+        }
+        b'B' => {
+            tracker.portal_traits = match request.name.as_deref() {
+                Some(name) => tracker.bound_traits(name),
+                None => UNKNOWN,
+            };
+            end_or_continue(tracker, piece, first, None);
+        }
+        _ => {
+            tracker.tainted = true;
+            let traits = Traits {
+                may_commit: false,
+                ..UNKNOWN
+            };
+            end_or_continue(tracker, piece, first, Some(traits));
+        }
+    }
+}
+
+/// The last piece of a streamed request: it ends the request (a command) or continues it (a
+/// part of an extended batch). A first piece was already registered.
+fn end_or_continue(tracker: &mut Tracker, piece: &[u8], first: bool, ends: Option<Traits>) {
+    match ends {
+        Some(traits) if first => tracker.ledger.end(&[], Boundary::Command, traits, None),
+        Some(traits) => tracker.ledger.end(piece, Boundary::Command, traits, None),
+        None if first => {}
+        None => tracker.ledger.continuation(piece),
     }
 }
 

@@ -24,4 +24,4 @@ mod tracker;
 mod wire;
 
 pub(crate) use context::PgService;
-pub(crate) use session::serve;
+pub(crate) use session::{refuse_at_cap, serve};

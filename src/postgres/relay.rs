@@ -10,6 +10,7 @@
 //! are single `write` calls, each accounted as it completes, so a dropped write loses nothing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -19,9 +20,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::liveness::{Liveness, Probe};
 use crate::postgres::deadlines::{far_or, quiet_end, BackendWatch, Deadlines};
-use crate::postgres::messages::{classify_backend, note_client_message, BackendMessage};
+use crate::postgres::messages::{
+    classify_backend, note_client_message, note_streamed_piece, BackendMessage, StreamedRequest,
+};
 use crate::postgres::tracker::Shared;
 use crate::postgres::wire::WireError;
+use crate::session::budget::{BufferBudget, Reservation};
 use crate::session::ledger::Reply;
 
 /// Held (unsent) extended-protocol bytes above this are sent without waiting for Sync.
@@ -33,6 +37,8 @@ const PRE_WRITE_CHECK_AFTER: Duration = Duration::from_millis(100);
 const PRE_WRITE_YIELDS: usize = 4;
 /// Reads ask for at least this much room in the client buffer.
 const CLIENT_READ_CHUNK: usize = 8 * 1024;
+/// An empty client buffer larger than this is given back (after a large message).
+const CLIENT_BUFFER_KEEP: usize = 64 * 1024;
 /// Reads from the backend ask for this much room at first and when replies are small.
 const BACKEND_READ_MIN: usize = 8 * 1024;
 /// ... and up to this much while a large result streams (fewer, larger reads and writes).
@@ -55,6 +61,9 @@ pub(crate) enum RelayEnd {
     ClientGone(WireError),
     /// The client sent bytes that are not valid protocol.
     ClientProtocol(ProtocolError),
+    /// The client buffer would pass the budget of all sessions (`runtime.max_buffered_bytes`)
+    /// while a message of this many bytes arrives whole.
+    OverBudget(usize),
     /// The backend closed, failed or stopped reading.
     BackendGone(WireError),
     /// The backend reached its maximum lifetime and the session is at rest: swap it.
@@ -88,6 +97,8 @@ impl ClientBoundary {
 /// continuously, whichever backend serves it.
 pub(crate) struct ClientStream {
     pub(crate) scanner: Scanner,
+    /// The request being streamed in pieces, if one is.
+    pub(crate) streamed: Option<StreamedRequest>,
     /// Bytes at the front of the client buffer already walked and registered in the ledger.
     pub(crate) scanned: usize,
     /// The ledger offset of the first byte of the client buffer.
@@ -95,15 +106,50 @@ pub(crate) struct ClientStream {
     /// Bytes of the client's stream to drop before anything else: the rest of a message whose
     /// start went to a backend that was lost.
     pub(crate) discard: usize,
+    /// This session's share of the memory budget for client buffers.
+    reservation: Reservation,
 }
 
 impl ClientStream {
-    pub(crate) fn new(max_message_size: usize) -> ClientStream {
+    pub(crate) fn new(max_message_size: usize, budget: Arc<BufferBudget>) -> ClientStream {
         ClientStream {
-            scanner: Scanner::for_client(max_message_size),
+            scanner: Scanner::for_client(max_message_size).streaming_requests(),
+            streamed: None,
             scanned: 0,
             base: 0,
             discard: 0,
+            reservation: Reservation::new(budget),
+        }
+    }
+
+    /// Frames the client's stream afresh from a message boundary (after a loss).
+    pub(crate) fn restart(&mut self, max_message_size: usize) {
+        self.scanner = Scanner::for_client(max_message_size).streaming_requests();
+        self.streamed = None;
+        self.scanned = 0;
+        self.base = 0;
+    }
+
+    /// Makes sure the client buffer may hold what it holds and the whole of the message that
+    /// is arriving (its length is in its header); false if that passes the budget.
+    fn cover(&mut self, cbuf: &BytesMut) -> bool {
+        let arriving = if self.scanner.in_message() {
+            0
+        } else {
+            pg::parse_header(&cbuf[self.scanned..], usize::MAX)
+                .ok()
+                .flatten()
+                .map_or(0, |h| self.scanned + h.len)
+        };
+        self.reservation.cover(cbuf.len().max(arriving))
+    }
+
+    /// An empty client buffer that grew for a large message is given back, with its share of
+    /// the budget.
+    fn shrink(&mut self, cbuf: &mut BytesMut) {
+        if cbuf.is_empty() && cbuf.capacity() > CLIENT_BUFFER_KEEP {
+            *cbuf = BytesMut::new();
+            self.reservation.release();
         }
     }
 }
@@ -176,8 +222,21 @@ where
                         }
                         stream.scanned = end;
                     }
-                    Ok(Step::Passthrough { start, end, .. }) => {
-                        shared.lock().ledger.continuation(&cbuf[start..end]);
+                    Ok(Step::Passthrough { tag, start, end }) => {
+                        let piece = &cbuf[start..end];
+                        let mut tracker = shared.lock();
+                        if tag == b'd' {
+                            tracker.ledger.continuation(piece);
+                        } else {
+                            let last = !stream.scanner.in_message();
+                            note_streamed_piece(
+                                tag,
+                                piece,
+                                last,
+                                &mut stream.streamed,
+                                &mut tracker,
+                            );
+                        }
                         stream.scanned = end;
                         flush_to = end;
                     }
@@ -212,6 +271,11 @@ where
             cbuf.advance(flush_to);
             stream.base += flush_to as u64;
             stream.scanned -= flush_to;
+        }
+        stream.shrink(cbuf);
+        if !stream.cover(cbuf) {
+            let arriving = cbuf.len() - stream.scanned;
+            return RelayEnd::OverBudget(arriving);
         }
         cbuf.reserve(CLIENT_READ_CHUNK);
         // Reading is the one point where nothing of ours is half done: read_buf is cancel-safe
@@ -292,14 +356,14 @@ async fn write_tracked<B: AsyncWrite + Unpin>(
             Some(Ok(0)) => return Err(WireError::Closed),
             Some(Ok(n)) => n,
             Some(Err(err)) => return Err(WireError::Io(err)),
-            None => return Err(WireError::Timeout(limit)),
+            None => return Err(WireError::StoppedReading(limit)),
         };
         shared.lock().accepted(n);
         bytes = &bytes[n..];
     }
     match within(limit, backend.flush()).await {
         Some(result) => result.map_err(WireError::Io),
-        None => Err(WireError::Timeout(limit)),
+        None => Err(WireError::StoppedReading(limit)),
     }
 }
 
@@ -399,7 +463,7 @@ pub(crate) async fn write_pending<C: AsyncWrite + Unpin>(
             Some(Ok(0)) => return Err(WireError::Closed),
             Some(Ok(n)) => n,
             Some(Err(err)) => return Err(WireError::Io(err)),
-            None => return Err(WireError::Timeout(limit)),
+            None => return Err(WireError::StoppedReading(limit)),
         };
         rbuf.advance(n);
         stream.pending -= n;
@@ -407,7 +471,7 @@ pub(crate) async fn write_pending<C: AsyncWrite + Unpin>(
     match within(limit, client.flush()).await {
         Some(Ok(())) => {}
         Some(Err(err)) => return Err(WireError::Io(err)),
-        None => return Err(WireError::Timeout(limit)),
+        None => return Err(WireError::StoppedReading(limit)),
     }
     boundary.set(!stream.ends_at_boundary());
     Ok(())

@@ -69,11 +69,44 @@ pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream) {
     command_phase::run(&svc, stream, buf, checkout, &login, &cancel).await;
 }
 
-/// Tells the client why it cannot be served, counts and logs it, and lets the connection close.
-async fn fail(svc: &PgService, stream: &mut TcpStream, err: ClientError) {
-    metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => err.metrics_label())
+/// A client over `max_client_connections` is answered as PostgreSQL answers it: after the SSL
+/// negotiation libpq starts with (so it reads "sorry, too many clients already", not an error
+/// during the SSL exchange), FATAL 53300. A cancel it carries is still routed. Bounded by the
+/// client-login deadline; logged, rate-limited.
+pub(crate) async fn refuse_at_cap(svc: Arc<PgService>, mut stream: TcpStream) {
+    metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "rejected")
         .increment(1);
-    tracing::info!(pool = %svc.config.name, error = %err, "client refused");
+    if let Some(suppressed) = svc.log_limit.allow("rejected") {
+        tracing::info!(pool = %svc.config.name, limit = svc.config.sizes.max_client_connections, suppressed, "client refused: too many clients already (max_client_connections)");
+    }
+    let refuse = async {
+        let mut buf = BytesMut::new();
+        if let Ok(Some(_)) = client_login::read_startup(&svc, &mut stream, &mut buf).await {
+            let notice = ClientNotice {
+                severity: "FATAL",
+                code: "53300".to_owned(),
+                message: "sorry, too many clients already".to_owned(),
+                detail: None,
+            };
+            send_notice(&mut stream, &notice, svc.config.timeouts.client_write).await;
+        }
+    };
+    let _ = tokio::time::timeout(svc.config.timeouts.client_login, refuse).await;
+}
+
+/// Tells the client why it cannot be served, counts and logs it (rate-limited per cause: a
+/// client can fail logins at will), and lets the connection close. A failed authentication is
+/// answered only after `auth_failure_delay`.
+async fn fail(svc: &PgService, stream: &mut TcpStream, err: ClientError) {
+    let label = err.metrics_label();
+    metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => label)
+        .increment(1);
+    if let Some(suppressed) = svc.log_limit.allow(label) {
+        tracing::info!(pool = %svc.config.name, error = %err, suppressed, "client refused");
+    }
+    if matches!(err, ClientError::AuthFailed(_)) {
+        tokio::time::sleep(svc.config.timeouts.auth_failure_delay).await;
+    }
     if let Some(notice) = err.notice(&svc.config.name) {
         send_notice(stream, &notice, svc.config.timeouts.client_write).await;
     }

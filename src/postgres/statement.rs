@@ -103,17 +103,23 @@ pub(crate) struct Statement<'a> {
     several: bool,
 }
 
+/// The marker bits found in `text`.
+fn markers_of(text: &[u8]) -> u32 {
+    let mut markers = 0;
+    for found in MARKERS.find_overlapping_iter(text) {
+        let bit = 1 << found.pattern().as_u32();
+        // COMMIT counts only as a word of its own (not `commit_log`, `nocommit`).
+        if bit == COMMIT_BIT && !is_word(text, found.start(), found.end()) {
+            continue;
+        }
+        markers |= bit;
+    }
+    markers
+}
+
 impl<'a> Statement<'a> {
     pub(crate) fn new(text: &'a str) -> Statement<'a> {
-        let mut markers = 0;
-        for found in MARKERS.find_overlapping_iter(text) {
-            let bit = 1 << found.pattern().as_u32();
-            // COMMIT counts only as a word of its own (not `commit_log`, `nocommit`).
-            if bit == COMMIT_BIT && !is_word(text.as_bytes(), found.start(), found.end()) {
-                continue;
-            }
-            markers |= bit;
-        }
+        let markers = markers_of(text.as_bytes());
         let several = text.trim_end().trim_end_matches(';').contains(';');
         Statement {
             text,
@@ -208,6 +214,59 @@ impl<'a> Statement<'a> {
             .any(|word| starts_with_word_prefix(head, word));
         // Several statements: judge conservatively rather than split SQL here.
         !read_only || self.several || self.markers & STATEFUL_BITS != 0
+    }
+}
+
+/// Bytes of a streamed statement's start kept for the checks that look at how it starts.
+const STREAMED_HEAD: usize = 256;
+/// Bytes kept from the end of one piece so a marker split across two pieces is still found
+/// (longer than every marker).
+const STREAMED_OVERLAP: usize = 32;
+
+/// A statement too large to be held whole (a Query or Parse streamed to the backend in
+/// pieces), classified as its pieces go by: its start is kept, marker words are looked for in
+/// every piece (with an overlap), and whether a second statement follows a `;` is tracked.
+#[derive(Debug, Default)]
+pub(crate) struct StreamedStatement {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    markers: u32,
+    /// A `;` was seen, not yet followed by anything but spaces and `;`.
+    after_semicolon: bool,
+    several: bool,
+}
+
+impl StreamedStatement {
+    /// The next piece of the statement's text.
+    pub(crate) fn feed(&mut self, piece: &[u8]) {
+        if self.head.len() < STREAMED_HEAD {
+            let take = piece.len().min(STREAMED_HEAD - self.head.len());
+            self.head.extend_from_slice(&piece[..take]);
+        }
+        let mut window = std::mem::take(&mut self.tail);
+        window.extend_from_slice(piece);
+        self.markers |= markers_of(&window);
+        let keep = window.len().saturating_sub(STREAMED_OVERLAP);
+        self.tail = window.split_off(keep);
+        for &b in piece {
+            match b {
+                b';' => self.after_semicolon = true,
+                b if b.is_ascii_whitespace() || b == 0 => {}
+                _ if self.after_semicolon => self.several = true,
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs `check` on the statement as the classifiers see it: its start, and the markers and
+    /// `;` of all of it.
+    pub(crate) fn judge<T>(&self, check: impl FnOnce(&Statement<'_>) -> T) -> T {
+        let head = String::from_utf8_lossy(&self.head);
+        check(&Statement {
+            text: &head,
+            markers: self.markers,
+            several: self.several,
+        })
     }
 }
 
@@ -342,5 +401,37 @@ mod tests {
         ] {
             assert_eq!(Statement::new(sql).ends_transaction(), end, "{sql}");
         }
+    }
+
+    #[test]
+    fn a_streamed_statement_is_judged_like_the_whole_text() {
+        let text = format!(
+            "INSERT INTO t SELECT x FROM big WHERE v = '{}' AND pg_advisory_lock(1) > 0",
+            "y".repeat(100_000)
+        );
+        let mut streamed = StreamedStatement::default();
+        // Pieces that cut the marker word in two.
+        let cut = text.find("advisory").unwrap_or(0) + 3;
+        streamed.feed(&text.as_bytes()[..cut]);
+        streamed.feed(&text.as_bytes()[cut..]);
+        let whole = Statement::new(&text);
+        assert_eq!(
+            streamed.judge(|s| (
+                s.may_taint_session(),
+                s.may_commit(),
+                s.may_change_session()
+            )),
+            (
+                whole.may_taint_session(),
+                whole.may_commit(),
+                whole.may_change_session()
+            )
+        );
+        assert!(streamed.judge(|s| s.may_taint_session()));
+        let mut two = StreamedStatement::default();
+        two.feed(b"SELECT 1;");
+        two.feed(b"  COMMIT");
+        assert!(two.judge(|s| s.may_commit()));
+        assert!(two.judge(|s| s.may_taint_session()), "several statements");
     }
 }

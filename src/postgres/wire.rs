@@ -27,6 +27,9 @@ pub(crate) enum WireError {
     /// The peer did not answer or did not read in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The peer accepted no byte of a write for this long: it stopped reading.
+    #[error("peer stopped reading: no byte accepted for {0:?}")]
+    StoppedReading(Duration),
 }
 
 impl From<io::Error> for WireError {

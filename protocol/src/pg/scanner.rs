@@ -9,6 +9,8 @@ use crate::ProtocolError;
 const DATA_ROW: u8 = b'D';
 /// Tag of CopyData (both directions).
 const COPY_DATA: u8 = b'd';
+/// Client requests that may be streamed when large: Query, Parse, Bind, FunctionCall.
+const STREAMABLE_REQUESTS: [u8; 4] = [b'Q', b'P', b'B', b'F'];
 
 /// Default size above which an incomplete DataRow / CopyData message is streamed.
 pub const DEFAULT_STREAM_THRESHOLD: usize = 64 * 1024;
@@ -39,6 +41,9 @@ pub struct Scanner {
     stream_threshold: usize,
     /// Whether `D` is streamed: DataRow from a backend, but Describe from a client.
     stream_data_row: bool,
+    /// Whether large client requests (Query, Parse, Bind, FunctionCall) are streamed; they
+    /// stay within `max_message_size`, but are not buffered whole.
+    stream_requests: bool,
     /// Tag of the message being streamed.
     streaming_tag: u8,
     /// Bytes of the streamed message not returned yet; 0 between messages.
@@ -61,12 +66,22 @@ impl Scanner {
         }
     }
 
+    /// This scanner, also streaming incomplete Query, Parse, Bind and FunctionCall messages
+    /// longer than the stream threshold (they are still refused beyond `max_message_size`).
+    pub fn streaming_requests(self) -> Scanner {
+        Scanner {
+            stream_requests: true,
+            ..self
+        }
+    }
+
     /// A scanner that streams incomplete `D`/`d` messages longer than `stream_threshold` bytes.
     pub fn with_stream_threshold(max_message_size: usize, stream_threshold: usize) -> Scanner {
         Scanner {
             max_message_size,
             stream_threshold,
             stream_data_row: true,
+            stream_requests: false,
             streaming_tag: 0,
             remaining: 0,
         }
@@ -111,15 +126,17 @@ impl Scanner {
         let (Some(&tag), Some(raw)) = (buf.get(pos), buf.get(pos + 1..).and_then(peek_i32)) else {
             return Ok(Step::NeedMore);
         };
-        let streamable = tag == COPY_DATA || (tag == DATA_ROW && self.stream_data_row);
-        let limit = if streamable {
+        let exempt = tag == COPY_DATA || (tag == DATA_ROW && self.stream_data_row);
+        let large_request = self.stream_requests && STREAMABLE_REQUESTS.contains(&tag);
+        let limit = if exempt {
             usize::MAX
         } else {
             self.max_message_size
         };
         let len = frame_len(raw, limit)?;
-        if streamable
-            && (len > self.max_message_size || (avail < len && len > self.stream_threshold))
+        let incomplete_and_large = avail < len && len > self.stream_threshold;
+        if exempt && (len > self.max_message_size || incomplete_and_large)
+            || large_request && incomplete_and_large
         {
             let take = avail.min(len);
             self.remaining = len - take;
@@ -223,6 +240,44 @@ mod tests {
             })
         );
         assert_eq!(s.remaining(), 16);
+    }
+
+    #[test]
+    fn large_client_requests_stream_when_asked_but_stay_within_the_limit() {
+        let mut s = Scanner::for_client(1024).streaming_requests();
+        // A 200-byte Query with 20 bytes available (threshold 64 KiB by default: use a small one).
+        let mut small = Scanner {
+            stream_threshold: 16,
+            ..s.clone()
+        };
+        assert_eq!(
+            small.next(b"Q\0\0\0\xc8select", 0),
+            Ok(Step::Passthrough {
+                tag: b'Q',
+                start: 0,
+                end: 11
+            })
+        );
+        assert_eq!(small.remaining(), 201 - 11);
+        // A Describe is never streamed, and nothing passes the limit.
+        let mut fresh = Scanner {
+            stream_threshold: 16,
+            ..s.clone()
+        };
+        assert_eq!(fresh.next(b"D\0\0\0\xc8S", 0), Ok(Step::NeedMore));
+        assert_eq!(
+            s.next(b"Q\0\0\x10\0", 0),
+            Err(ProtocolError::MessageTooLarge {
+                len: 4097,
+                max: 1024
+            })
+        );
+        // Without streaming_requests, a client Query waits until it is whole.
+        let mut plain = Scanner {
+            stream_threshold: 16,
+            ..Scanner::for_client(1024)
+        };
+        assert_eq!(plain.next(b"Q\0\0\0\xc8select", 0), Ok(Step::NeedMore));
     }
 
     #[test]

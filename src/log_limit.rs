@@ -1,0 +1,73 @@
+//! Rate limits for log lines a peer can cause at will (failed logins, protocol violations,
+//! refusals at the connection cap): per cause, at most `BURST` lines per `WINDOW`. The lines
+//! held back are counted, and the next line that passes says how many (DESIGN §6: nothing a
+//! client sends can flood the operator).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Lines of one cause let through per window.
+const BURST: u32 = 10;
+/// The window.
+const WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    passed: u32,
+    held_back: u64,
+}
+
+/// Per-cause windows, shared by the sessions of a pool.
+#[derive(Debug, Default)]
+pub(crate) struct LogLimiter {
+    causes: Mutex<HashMap<&'static str, Window>>,
+}
+
+impl LogLimiter {
+    /// Whether a line for `cause` may be logged now; if so, how many were held back before it.
+    pub(crate) fn allow(&self, cause: &'static str) -> Option<u64> {
+        self.allow_at(cause, Instant::now())
+    }
+
+    fn allow_at(&self, cause: &'static str, now: Instant) -> Option<u64> {
+        let mut causes = self.causes.lock().unwrap_or_else(|p| p.into_inner());
+        let window = causes.entry(cause).or_insert(Window {
+            started: now,
+            passed: 0,
+            held_back: 0,
+        });
+        if now.duration_since(window.started) >= WINDOW {
+            window.started = now;
+            window.passed = 0;
+        }
+        if window.passed >= BURST {
+            window.held_back += 1;
+            return None;
+        }
+        window.passed += 1;
+        Some(std::mem::take(&mut window.held_back))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_lines_are_counted_and_reported_with_the_next_window() {
+        let limiter = LogLimiter::default();
+        let t0 = Instant::now();
+        for _ in 0..BURST {
+            assert_eq!(limiter.allow_at("auth_failed", t0), Some(0));
+        }
+        for _ in 0..25 {
+            assert_eq!(limiter.allow_at("auth_failed", t0), None);
+        }
+        // Another cause has its own window.
+        assert_eq!(limiter.allow_at("protocol_error", t0), Some(0));
+        assert_eq!(limiter.allow_at("auth_failed", t0 + WINDOW), Some(25));
+        assert_eq!(limiter.allow_at("auth_failed", t0 + WINDOW), Some(0));
+    }
+}
