@@ -256,6 +256,22 @@ fn check_error_fields(body: &[u8]) {
     let Ok(fields) = pg::parse_error_fields(body) else {
         return;
     };
+    // Fields are (non-zero type byte, C string) up to one zero byte, which must be the last.
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            assert!(
+                tail.is_empty(),
+                "accepted bytes after the ErrorResponse terminator"
+            );
+            break;
+        }
+        let nul = tail
+            .iter()
+            .position(|&b| b == 0)
+            .expect("accepted an unterminated field");
+        rest = &tail[nul + 1..];
+    }
     assert_eq!(
         body.last(),
         Some(&0),
@@ -287,13 +303,37 @@ fn check_notification_pid(body: &[u8]) {
     }
 }
 
-fn check_data_row(body: &[u8]) {
-    if let Ok(values) = pg::parse_data_row_text(body) {
-        let count = i16::from_be_bytes([body[0], body[1]]);
-        assert_eq!(values.len(), count as usize, "DataRow column count");
-        // Each column costs at least its 4-byte length.
-        assert!(2 + 4 * values.len() <= body.len());
+/// The columns of a DataRow as raw bytes, walked here from the protocol description.
+fn model_data_row(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let count = i16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    let mut rest = &body[2..];
+    let mut columns = Vec::new();
+    for _ in 0..usize::try_from(count).ok()? {
+        let (len, tail) = rest.split_first_chunk::<4>()?;
+        let len = i32::from_be_bytes(*len);
+        rest = tail;
+        if len < 0 {
+            columns.push(None);
+        } else {
+            let (value, tail) = rest.split_at_checked(len as usize)?;
+            columns.push(Some(value));
+            rest = tail;
+        }
     }
+    rest.is_empty().then_some(columns)
+}
+
+fn check_data_row(body: &[u8]) {
+    let got = pg::parse_data_row_text(body);
+    let Some(columns) = model_data_row(body) else {
+        assert!(got.is_err(), "accepted a malformed DataRow: {got:?}");
+        return;
+    };
+    let lossy: Vec<Option<String>> = columns
+        .iter()
+        .map(|c| c.map(|v| String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    assert_eq!(got, Ok(lossy), "DataRow columns");
 }
 
 fn check_query(body: &[u8]) {
