@@ -2,13 +2,15 @@
 //! the way the relay feeds it: reads arriving in pieces, the buffer consumed after each round.
 //!
 //! Input: an 8-byte setup, then the stream.
-//! - byte 0, bits 0-1: `Scanner::new` (backend side), `Scanner::for_client`, or
-//!   `Scanner::with_stream_threshold` (2 and 3); bit 2: repair the stream into valid messages
+//! - byte 0, bits 0-1: `Scanner::new` (backend side), `Scanner::for_client`,
+//!   `Scanner::with_stream_threshold` (2), or a client scanner with a stream threshold that also
+//!   streams large requests (3: `for_client_with_stream_threshold(..).streaming_requests()`);
+//!   bit 2: repair the stream into valid messages
 //!   first (see [`repair`]); bit 3: consume the buffer like the client relay (up to the end of
 //!   some step of the round, holding the rest) instead of like the backend relay (up to the last
 //!   step's end);
 //! - byte 1: `max_message_size` (0..=7 as is, up to 0xef times 8, 0xf0..=0xfe 64 KiB to 1 GiB,
-//!   0xff `usize::MAX`); byte 2: the stream threshold of `with_stream_threshold` (times 4, 0xfe
+//!   0xff `usize::MAX`); byte 2: the stream threshold of kinds 2 and 3 (times 4, 0xfe
 //!   the default 64 KiB, 0xff `usize::MAX`);
 //! - bytes 3..8: read sizes, cycled (each byte + 1); in the client-relay mode they also pick how
 //!   much is consumed.
@@ -90,6 +92,7 @@ enum Kind {
     Backend,
     Client,
     Threshold,
+    ClientStreaming,
 }
 
 #[derive(Debug)]
@@ -107,7 +110,8 @@ impl Setup {
         let kind = match b[0] & 3 {
             0 => Kind::Backend,
             1 => Kind::Client,
-            _ => Kind::Threshold,
+            2 => Kind::Threshold,
+            _ => Kind::ClientStreaming,
         };
         let max = match b[1] {
             m @ 0..=7 => usize::from(m),
@@ -116,9 +120,9 @@ impl Setup {
             m => 1 << (16 + (m - 0xf0)),
         };
         let threshold = match (kind, b[2]) {
-            (Kind::Threshold, 0xff) => usize::MAX,
-            (Kind::Threshold, 0xfe) => DEFAULT_STREAM_THRESHOLD,
-            (Kind::Threshold, t) => usize::from(t) * 4,
+            (Kind::Threshold | Kind::ClientStreaming, 0xff) => usize::MAX,
+            (Kind::Threshold | Kind::ClientStreaming, 0xfe) => DEFAULT_STREAM_THRESHOLD,
+            (Kind::Threshold | Kind::ClientStreaming, t) => usize::from(t) * 4,
             _ => DEFAULT_STREAM_THRESHOLD,
         };
         Setup {
@@ -136,6 +140,10 @@ impl Setup {
             Kind::Backend => Scanner::new(self.max),
             Kind::Client => Scanner::for_client(self.max),
             Kind::Threshold => Scanner::with_stream_threshold(self.max, self.threshold),
+            Kind::ClientStreaming => {
+                Scanner::for_client_with_stream_threshold(self.max, self.threshold)
+                    .streaming_requests()
+            }
         };
         assert_eq!(s.max_message_size(), self.max);
         assert_eq!(s.stream_threshold(), self.threshold);
@@ -143,9 +151,16 @@ impl Setup {
         s
     }
 
-    /// Whether messages with this tag are streamed rather than buffered whole.
+    /// Whether messages with this tag are exempt from `max_message_size` (they are never
+    /// buffered whole).
+    fn exempt(&self, tag: u8) -> bool {
+        tag == b'd' || (tag == b'D' && !matches!(self.kind, Kind::Client | Kind::ClientStreaming))
+    }
+
+    /// Whether messages with this tag are streamed when large and incomplete.
     fn streamable(&self, tag: u8) -> bool {
-        tag == b'd' || (tag == b'D' && !matches!(self.kind, Kind::Client))
+        self.exempt(tag)
+            || matches!(self.kind, Kind::ClientStreaming) && matches!(tag, b'Q' | b'P' | b'B' | b'F')
     }
 
     fn read_byte(&self, round: usize) -> u8 {
@@ -163,12 +178,12 @@ fn repair(setup: &Setup, raw: &[u8]) -> (Vec<u8>, Vec<(u8, usize, usize)>) {
     while raw.len() - o >= HEADER_LEN {
         let mut tag = raw[o];
         let field = u32::from_be_bytes([raw[o + 1], raw[o + 2], raw[o + 3], raw[o + 4]]);
-        if !setup.streamable(tag) && setup.max < HEADER_LEN {
+        if !setup.exempt(tag) && setup.max < HEADER_LEN {
             // No message but a streamed one fits such a limit.
             tag = b'd';
         }
         let room = raw.len() - o - HEADER_LEN;
-        let cap = if setup.streamable(tag) {
+        let cap = if setup.exempt(tag) {
             room
         } else {
             room.min(setup.max - HEADER_LEN)
@@ -327,7 +342,7 @@ fn run(setup: &Setup, input: &[u8], in_pieces: bool) -> Trace {
                             len: (full - 1) as i32,
                         }
                     } else {
-                        assert!(!setup.streamable(tag), "a streamed tag over the limit");
+                        assert!(!setup.exempt(tag), "an exempt tag over the limit");
                         ProtocolError::MessageTooLarge {
                             len: full as usize,
                             max: setup.max,

@@ -202,7 +202,9 @@ pub fn parse_data_row_text(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolE
     let count =
         usize::try_from(count).map_err(|_| malformed("DataRow column count is negative"))?;
     let mut pos = 2;
-    let mut values = Vec::with_capacity(count);
+    // Every column takes at least its 4-byte length: a count the body cannot hold reserves no
+    // more than the body could.
+    let mut values = Vec::with_capacity(count.min(body.len().saturating_sub(2) / 4));
     for _ in 0..count {
         let len = body
             .get(pos..pos + 4)

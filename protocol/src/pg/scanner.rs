@@ -66,6 +66,18 @@ impl Scanner {
         }
     }
 
+    /// A scanner for bytes from a client with its own stream threshold (see
+    /// [`Scanner::for_client`]).
+    pub fn for_client_with_stream_threshold(
+        max_message_size: usize,
+        stream_threshold: usize,
+    ) -> Scanner {
+        Scanner {
+            stream_data_row: false,
+            ..Scanner::with_stream_threshold(max_message_size, stream_threshold)
+        }
+    }
+
     /// This scanner, also streaming incomplete Query, Parse, Bind and FunctionCall messages
     /// longer than the stream threshold (they are still refused beyond `max_message_size`).
     pub fn streaming_requests(self) -> Scanner {
@@ -246,10 +258,7 @@ mod tests {
     fn large_client_requests_stream_when_asked_but_stay_within_the_limit() {
         let mut s = Scanner::for_client(1024).streaming_requests();
         // A 200-byte Query with 20 bytes available (threshold 64 KiB by default: use a small one).
-        let mut small = Scanner {
-            stream_threshold: 16,
-            ..s.clone()
-        };
+        let mut small = Scanner::for_client_with_stream_threshold(1024, 16).streaming_requests();
         assert_eq!(
             small.next(b"Q\0\0\0\xc8select", 0),
             Ok(Step::Passthrough {
@@ -260,10 +269,7 @@ mod tests {
         );
         assert_eq!(small.remaining(), 201 - 11);
         // A Describe is never streamed, and nothing passes the limit.
-        let mut fresh = Scanner {
-            stream_threshold: 16,
-            ..s.clone()
-        };
+        let mut fresh = Scanner::for_client_with_stream_threshold(1024, 16).streaming_requests();
         assert_eq!(fresh.next(b"D\0\0\0\xc8S", 0), Ok(Step::NeedMore));
         assert_eq!(
             s.next(b"Q\0\0\x10\0", 0),
@@ -273,10 +279,7 @@ mod tests {
             })
         );
         // Without streaming_requests, a client Query waits until it is whole.
-        let mut plain = Scanner {
-            stream_threshold: 16,
-            ..Scanner::for_client(1024)
-        };
+        let mut plain = Scanner::for_client_with_stream_threshold(1024, 16);
         assert_eq!(plain.next(b"Q\0\0\0\xc8select", 0), Ok(Step::NeedMore));
     }
 
