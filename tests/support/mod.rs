@@ -1,5 +1,6 @@
-//! Shared harness for integration tests: real PostgreSQL servers started per
-//! test, the real `suture` binary, a raw protocol client for bad input, and
+//! Shared harness for integration tests: real PostgreSQL and MariaDB servers
+//! started per test, the real `suture` binary, raw protocol clients for bad
+//! input and exact wire checks, and
 //! [`Target`], which points a test at Suture or (with
 //! `SUTURE_TEST_DIRECT=1`) straight at PostgreSQL.
 //!
@@ -8,8 +9,10 @@
 #![allow(dead_code, unused_imports)]
 
 pub(crate) mod fault_relay;
+pub(crate) mod mariadb_server;
 pub(crate) mod pg_server;
 pub(crate) mod raw_client;
+pub(crate) mod raw_mysql;
 pub(crate) mod rig;
 pub(crate) mod suture_proc;
 
@@ -17,6 +20,7 @@ use std::net::TcpListener;
 
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
+pub(crate) use mariadb_server::{connect_mysql, MariaDbServer};
 pub(crate) use pg_server::{connect_dsn, dsn_for, PgServer};
 pub(crate) use raw_client::{find_sqlstate, RawClient};
 pub(crate) use suture_proc::{suture_config_for, suture_config_with, SutureProc};

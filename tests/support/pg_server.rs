@@ -395,12 +395,12 @@ fn run_as_postgres(program: &Path, args: &[String]) -> anyhow::Result<Output> {
     run_checked(&mut cmd)
 }
 
-fn run_checked(cmd: &mut Command) -> anyhow::Result<Output> {
+pub(crate) fn run_checked(cmd: &mut Command) -> anyhow::Result<Output> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     check_output(out, &format!("{cmd:?}"))
 }
 
-fn check_output(out: Output, what: &str) -> anyhow::Result<Output> {
+pub(crate) fn check_output(out: Output, what: &str) -> anyhow::Result<Output> {
     if !out.status.success() {
         bail!(
             "{what} failed ({}):\n{}{}",
@@ -412,7 +412,7 @@ fn check_output(out: Output, what: &str) -> anyhow::Result<Output> {
     Ok(out)
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // Avoids a libc dependency: effective uid from /proc.
     std::fs::read_to_string("/proc/self/status")
         .ok()
