@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
             source,
         })?;
         svc.pool.spawn_maintenance(MAINTENANCE_EVERY);
+        spawn_held_back_reports(Arc::clone(&svc));
         let slots = Arc::new(Semaphore::new(pool.sizes.max_client_connections));
         tracing::info!(pool = %name, listen = %pool.listen, servers = ?pool.servers.iter().map(ToString::to_string).collect::<Vec<_>>(), "listening");
         tokio::spawn(accept_loop(
@@ -158,4 +159,21 @@ async fn accept_loop(
             drop(permit);
         });
     }
+}
+
+/// How often log lines held back by the rate limits are reported.
+const HELD_BACK_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Reports, per cause, the log lines the rate limits held back and no later line reported.
+fn spawn_held_back_reports(svc: Arc<PgService>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HELD_BACK_REPORT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for (cause, suppressed) in svc.log_limit.held_back() {
+                tracing::info!(pool = %svc.config.name, cause, suppressed, "log lines of this cause were held back by the rate limit");
+            }
+        }
+    });
 }

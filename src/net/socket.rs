@@ -3,6 +3,11 @@
 //! Backend sockets get keepalive probes and `TCP_USER_TIMEOUT` so a peer that vanished without a
 //! FIN or RST (a NAT table entry dropped, a host gone dark) is noticed within about a minute
 //! instead of the kernel's default of hours (field reports F1 and F3).
+//!
+//! Both sides get `TCP_NOTSENT_LOWAT`: a socket is reported writable as soon as little of what
+//! was written is still unsent, not only once a third of a (possibly many-MiB, autotuned) send
+//! buffer is free. Write timeouts measure progress, so a peer that reads slowly but steadily
+//! must be seen to make it (DESIGN §6).
 
 use std::time::Duration;
 
@@ -18,6 +23,9 @@ pub const KEEPALIVE_RETRIES: u32 = 3;
 /// Default for how long sent data may stay unacknowledged before the kernel drops the
 /// connection (`tcp_user_timeout`).
 pub const USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Unsent bytes below which a socket counts as writable (`TCP_NOTSENT_LOWAT`).
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
 
 /// The configurable backend socket options (`keepalive_idle`, `tcp_user_timeout`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,12 +69,24 @@ pub fn configure_backend_socket(stream: &TcpStream, opts: &SocketOptions) -> std
     if !opts.user_timeout.is_zero() {
         sock.set_tcp_user_timeout(Some(opts.user_timeout))?;
     }
-    Ok(())
+    set_notsent_lowat(&sock)
 }
 
-/// `TCP_NODELAY`: replies to clients are already batched by the proxy.
+/// `TCP_NODELAY` (replies to clients are already batched by the proxy) and
+/// `TCP_NOTSENT_LOWAT`.
 pub fn configure_client_socket(stream: &TcpStream) -> std::io::Result<()> {
-    stream.set_nodelay(true)
+    stream.set_nodelay(true)?;
+    set_notsent_lowat(&SockRef::from(stream))
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn set_notsent_lowat(sock: &SockRef<'_>) -> std::io::Result<()> {
+    sock.set_tcp_notsent_lowat(NOTSENT_LOWAT)
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn set_notsent_lowat(_sock: &SockRef<'_>) -> std::io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -116,6 +136,8 @@ mod tests {
         let stream = TcpStream::connect(listener.local_addr()?).await?;
         configure_client_socket(&stream)?;
         assert!(SockRef::from(&stream).tcp_nodelay()?);
+        #[cfg(target_os = "linux")]
+        assert_eq!(SockRef::from(&stream).tcp_notsent_lowat()?, NOTSENT_LOWAT);
         Ok(())
     }
 }

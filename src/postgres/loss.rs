@@ -47,8 +47,10 @@ impl CommandPhase<'_> {
         };
         if let Some(code) = fatal {
             // The backend's own FATAL reached the client: the session ends, as it would have
-            // on the server.
-            tracing::info!(pool = %self.pool(), error = %lost, code, "backend ended the session with a FATAL error");
+            // on the server. (A client can cause this at will, by breaking the protocol.)
+            if let Some(suppressed) = self.svc.log_limit.allow("backend_fatal") {
+                tracing::info!(pool = %self.pool(), error = %lost, code, suppressed, "backend ended the session with a FATAL error");
+            }
             return Next::End;
         }
         let decision = heal::decide(facts, &mut &self.svc.replay_budget);
