@@ -1,11 +1,16 @@
 //! Suture: a sidecar proxy that heals broken database connections.
+pub mod admin;
 pub mod config;
 mod heal;
 mod liveness;
 pub mod net;
+pub mod ops;
 mod pool;
 mod postgres;
+mod reload;
 mod retry_budget;
+mod served;
 pub mod server;
 mod session;
+mod shutdown;
 mod stream;
