@@ -18,6 +18,8 @@ have_pg_bin initdb || missing+=(postgresql)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# promtool and prometheus: the metrics, rules and end-to-end checks (tests/ops/).
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then

@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub(crate) mod fault_relay;
+pub(crate) mod http;
 pub(crate) mod pg_server;
 pub(crate) mod raw_client;
 pub(crate) mod rig;
