@@ -122,6 +122,7 @@ pub async fn run(config: Config, ops: Ops) -> Result<(), ServerError> {
             .map(|p| Arc::clone(p) as Arc<dyn PoolSource>)
             .collect(),
     );
+    ops.health.beat();
     tokio::spawn(Arc::clone(&ops.health).heartbeat());
     ops.health.set_listeners_up();
     spawn_signal_handlers(&ops, config, served.clone())?;

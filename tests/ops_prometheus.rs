@@ -34,11 +34,20 @@ fn prometheus_binary() -> anyhow::Result<()> {
     if !have() {
         eprintln!("prometheus missing: installing the Debian package prometheus");
         let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends", "prometheus"])
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "prometheus",
+            ])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status();
     }
-    ensure!(have(), "the prometheus binary is not installed and could not be installed");
+    ensure!(
+        have(),
+        "the prometheus binary is not installed and could not be installed"
+    );
     Ok(())
 }
 
@@ -59,7 +68,10 @@ impl Prometheus {
         let log = std::fs::File::create(dir.path().join("prometheus.log"))?;
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -84,7 +96,11 @@ impl Prometheus {
 
     /// The sum of an instant query's values (0 when it has none).
     async fn query_sum(&self, promql: &str) -> anyhow::Result<f64> {
-        let answer = http::get(self.port, &format!("/api/v1/query?query={}", encode(promql))).await?;
+        let answer = http::get(
+            self.port,
+            &format!("/api/v1/query?query={}", encode(promql)),
+        )
+        .await?;
         ensure!(answer.status == 200, "query {promql}: {answer:?}");
         let doc: serde_json::Value = serde_json::from_str(&answer.body)?;
         ensure!(doc["status"] == "success", "query {promql}: {doc}");
@@ -118,7 +134,10 @@ fn encode(text: &str) -> String {
 /// The PromQL of the dashboard panel titled `title`, with the dashboard's variables filled in
 /// as Grafana would for pool `app`.
 fn panel_expr(title: &str) -> anyhow::Result<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/suture-dashboard.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/suture-dashboard.json"
+    );
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
     let panel = dashboard["panels"]
         .as_array()
@@ -141,8 +160,16 @@ async fn the_dashboards_queries_show_idle_closes_and_heals() -> anyhow::Result<(
         session.client.simple_query("SELECT 1").await?;
         // A few scrapes of the zero values first.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while prom.query_sum("count_over_time(up{job=\"suture\"}[1m])").await? < 3.0 {
-            ensure!(Instant::now() < deadline, "prometheus never scraped suture:\n{}", prom.log());
+        while prom
+            .query_sum("count_over_time(up{job=\"suture\"}[1m])")
+            .await?
+            < 3.0
+        {
+            ensure!(
+                Instant::now() < deadline,
+                "prometheus never scraped suture:\n{}",
+                prom.log()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         for _ in 0..2 {
@@ -161,7 +188,10 @@ async fn the_dashboards_queries_show_idle_closes_and_heals() -> anyhow::Result<(
             if i > 0.0 && h > 0.0 {
                 return Ok(());
             }
-            ensure!(Instant::now() < deadline, "the dashboard shows no idle closes ({i}) or heals ({h})");
+            ensure!(
+                Instant::now() < deadline,
+                "the dashboard shows no idle closes ({i}) or heals ({h})"
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }

@@ -165,6 +165,13 @@ impl Health {
         Instant::now() >= self.startup_deadline
     }
 
+    /// Stamps the heartbeat now; called on the data path when it starts, so that a stall
+    /// before the heartbeat task first runs is seen too.
+    pub fn beat(&self) {
+        self.heartbeat
+            .store(micros(self.epoch.elapsed()).max(1), Ordering::Release);
+    }
+
     /// Runs on the data-path event loop until the runtime stops: stamps the clock every
     /// [`HEARTBEAT_EVERY`] and notes how late each tick came.
     pub async fn heartbeat(self: Arc<Self>) {
@@ -174,15 +181,20 @@ impl Health {
             let scheduled = tick.tick().await;
             let late = tokio::time::Instant::now().saturating_duration_since(scheduled);
             self.tick_late.store(micros(late), Ordering::Release);
-            self.heartbeat
-                .store(micros(self.epoch.elapsed()), Ordering::Release);
+            self.beat();
         }
     }
 
     /// The data-path loop's lag now: how far the heartbeat is overdue, or how late its last
     /// tick came, whichever is more.
     fn measure_lag(&self) -> Duration {
-        let beat = Duration::from_micros(self.heartbeat.load(Ordering::Acquire));
+        let stamp = self.heartbeat.load(Ordering::Acquire);
+        if stamp == 0 {
+            // The data path has not started yet (still deriving secrets, binding listeners):
+            // `/startup` covers that time, not liveness.
+            return Duration::ZERO;
+        }
+        let beat = Duration::from_micros(stamp);
         let overdue = self
             .epoch
             .elapsed()
@@ -252,15 +264,26 @@ mod tests {
     #[test]
     fn overdue_heartbeat_is_a_stall() {
         let health = Health::new(Duration::from_millis(50), Duration::ZERO, &["app".into()]);
-        health.set_listeners_up();
-        // Nothing stamped yet and the process is older than the period plus the threshold.
+        // Not stamped yet: the data path is still starting, which is no stall.
         std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(health.liveness_failure(), None);
+        // Stamped once, long ago: overdue by more than the period plus the threshold.
+        health.heartbeat.store(1, Ordering::Release);
         assert!(health
             .liveness_failure()
             .is_some_and(|why| why.contains("stalled")));
-        health
-            .heartbeat
-            .store(micros(health.epoch.elapsed()), Ordering::Release);
+        let beat = || {
+            health
+                .heartbeat
+                .store(micros(health.epoch.elapsed()), Ordering::Release)
+        };
+        beat();
+        assert_eq!(
+            health.liveness_failure(),
+            None,
+            "accept loops count once up"
+        );
+        health.set_listeners_up();
         let why = health.liveness_failure();
         assert!(
             why.as_deref().is_some_and(|w| w.contains("not running")),
@@ -272,9 +295,7 @@ mod tests {
         watch.failed();
         std::thread::sleep(Duration::from_millis(60));
         watch.failed();
-        health
-            .heartbeat
-            .store(micros(health.epoch.elapsed()), Ordering::Release);
+        beat();
         assert!(health
             .liveness_failure()
             .is_some_and(|why| why.contains("every accept")));

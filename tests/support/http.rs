@@ -89,9 +89,12 @@ pub(crate) async fn wait_for(
 ) -> anyhow::Result<Answer> {
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let answer = get(port, path).await?;
-        if answer.status == status || std::time::Instant::now() >= deadline {
-            return Ok(answer);
+        // Connection errors count as "not yet" until the deadline (a server still starting).
+        match get(port, path).await {
+            Ok(answer) if answer.status == status => return Ok(answer),
+            Ok(answer) if std::time::Instant::now() >= deadline => return Ok(answer),
+            Err(err) if std::time::Instant::now() >= deadline => return Err(err),
+            Ok(_) | Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
