@@ -108,6 +108,9 @@ pub async fn run(config: Config, ops: Ops) -> Result<(), ServerError> {
         pool_served.spawn_warm_up(config.admin.startup_timeout);
         tracing::info!(pool = %name, listen = %pool.listen, servers = ?pool.servers.iter().map(ToString::to_string).collect::<Vec<_>>(), "listening");
         let watch = ops.health.accept_watch(name);
+        if let Some(w) = &watch {
+            w.started();
+        }
         tokio::spawn(accept_loop(
             listener,
             Arc::clone(&pool_served),
@@ -173,9 +176,6 @@ async fn accept_loop(
     watch: Option<Arc<AcceptWatch>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    if let Some(w) = &watch {
-        w.started();
-    }
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
