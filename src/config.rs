@@ -10,6 +10,8 @@ mod build;
 mod raw;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ops;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
