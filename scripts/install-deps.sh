@@ -19,6 +19,8 @@ have_pg_bin initdb || missing+=(postgresql)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# promtool and prometheus: the metrics, rules and end-to-end checks (tests/ops/).
+{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 # MariaDB for the MySQL-protocol tests: mariadbd and mariadb-install-db come
 # with mariadb-server (which also ships the auth_ed25519 plugin the harness
 # uses), the mariadb CLI with mariadb-client.

@@ -10,6 +10,8 @@ mod build;
 mod raw;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ops;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -31,6 +33,14 @@ pub mod defaults {
 
     /// `admin.listen`.
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9187";
+    /// `admin.stall_threshold`.
+    pub const STALL_THRESHOLD: Duration = Duration::from_secs(10);
+    /// `admin.startup_timeout`.
+    pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+    /// `shutdown.accept_for`.
+    pub const ACCEPT_FOR: Duration = Duration::ZERO;
+    /// `shutdown.drain_timeout`.
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     /// `runtime.worker_threads`: one thread, see [`RuntimeConfig`](super::RuntimeConfig).
     pub const WORKER_THREADS: usize = 1;
     /// `log.level`.
@@ -95,7 +105,18 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
+    pub shutdown: ShutdownConfig,
     pub pools: BTreeMap<String, PoolConfig>,
+}
+
+/// `[shutdown]`: what SIGTERM, SIGINT and `POST /quitquitquit` do (DESIGN §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    /// New clients are still accepted this long after the signal (readiness fails at once).
+    pub accept_for: Duration,
+    /// Then requests in flight and open transactions may finish this long; idle clients are
+    /// told FATAL 57P01 and closed.
+    pub drain_timeout: Duration,
 }
 
 /// `[runtime]`: the threads Suture's event loop runs on.
@@ -113,10 +134,16 @@ pub struct RuntimeConfig {
     pub max_buffered_bytes: usize,
 }
 
-/// `[admin]`: the HTTP port for `/metrics`, `/healthz` and `/readyz`.
+/// `[admin]`: the HTTP port for `/metrics`, `/startup`, `/healthz`, `/readyz` and `/status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// `/healthz` fails once the data-path event loop has not run for this long.
+    pub stall_threshold: Duration,
+    /// `/startup` succeeds after this long even if a pool never logged in to its backend.
+    pub startup_timeout: Duration,
+    /// `/readyz` also fails while a pool's backend cannot be reached.
+    pub readiness_checks_backend: bool,
 }
 
 /// `[log]`.
@@ -459,6 +486,18 @@ impl ConfigError {
             _ => &[],
         }
     }
+}
+
+/// `error: cause: cause ...`, for errors held by reference.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl Config {

@@ -1,14 +1,19 @@
 //! Suture: a sidecar proxy that heals broken database connections.
+pub mod admin;
 pub mod config;
 mod heal;
 mod liveness;
 mod log_limit;
 pub mod logging;
 pub mod net;
+pub mod ops;
 mod peer_text;
 mod pool;
 mod postgres;
+mod reload;
 mod retry_budget;
+mod served;
 pub mod server;
 mod session;
+mod shutdown;
 mod stream;

@@ -1,11 +1,16 @@
-//! The `suture` command: run the proxy, or check a configuration file.
+//! The `suture` command: run the proxy, check a configuration file, or print a running
+//! Suture's pools (`suture status`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use suture::config::{Config, ConfigError, RuntimeConfig};
+use suture::admin::AdminState;
+use suture::config::{error_chain, Config, ConfigError, RuntimeConfig};
+use suture::ops::health::Health;
+use suture::ops::lifecycle::Lifecycle;
 
 #[derive(Debug, Parser)]
 #[command(name = "suture", version, about)]
@@ -29,12 +34,23 @@ struct Cli {
 enum Command {
     /// Validate the configuration, print every problem found and exit non-zero if there is one.
     CheckConfig,
+    /// Print a running Suture's pools, backends, clients and last heals (from its /status).
+    Status {
+        /// The admin address (`host:port`); default: `admin.listen` of the configuration,
+        /// else 127.0.0.1:9187.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+        /// Print the JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cli.config),
+        Some(Command::Status { admin, json }) => status(&cli.config, admin, json),
         None => match run(&cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -71,16 +87,34 @@ fn report_config_error(path: &Path, err: &ConfigError) {
     }
 }
 
-/// `error: cause: cause ...`, for errors we only hold by reference.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+fn status(path: &Path, admin: Option<String>, json: bool) -> ExitCode {
+    let admin = admin.unwrap_or_else(|| match Config::load(path) {
+        Ok(config) => config.admin.listen.to_string(),
+        Err(_) => suture::config::defaults::ADMIN_LISTEN.to_owned(),
+    });
+    match suture::admin::client::fetch_status(&admin) {
+        Ok(status) if json => match serde_json::to_string_pretty(&status) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("suture status: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(status) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            print!("{}", suture::admin::status::render_tables(&status, now));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("suture status: {}", error_chain(&err));
+            ExitCode::FAILURE
+        }
     }
-    text
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {
@@ -98,8 +132,43 @@ fn run(path: &Path) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "starting suture"
     );
+    let prometheus =
+        suture::ops::series::install().context("cannot install the metrics recorder")?;
+    suture::ops::series::register_zeros(&config);
+    let pools: Vec<String> = config.pools.keys().cloned().collect();
+    let health = Arc::new(Health::new(
+        config.admin.stall_threshold,
+        config.admin.startup_timeout,
+        &pools,
+    ));
+    health
+        .spawn_watchdog()
+        .context("cannot start the watchdog thread")?;
+    let lifecycle = Arc::new(Lifecycle::default());
+    let admin = Arc::new(AdminState::new(
+        prometheus,
+        Arc::clone(&health),
+        Arc::clone(&lifecycle),
+        config.admin.readiness_checks_backend,
+    ));
+    let bound = suture::admin::spawn(config.admin.listen, Arc::clone(&admin))?;
+    tracing::info!(listen = %bound, "admin port: /metrics /startup /healthz /readyz /status");
     let runtime = build_runtime(&config.runtime).context("cannot start the tokio runtime")?;
-    runtime.block_on(suture::server::run(config))?;
+    #[cfg(feature = "test-hooks")]
+    {
+        *admin.data_path.write().unwrap_or_else(|p| p.into_inner()) =
+            Some(runtime.handle().clone());
+    }
+    let ops = suture::server::Ops {
+        health,
+        lifecycle,
+        admin,
+        config_path: path.to_owned(),
+        shutdown: Arc::new(RwLock::new(config.shutdown)),
+    };
+    runtime.block_on(suture::server::run(config, ops))?;
+    // Sessions still running after the drain timeout end with the runtime.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     Ok(())
 }
 

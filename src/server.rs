@@ -1,25 +1,32 @@
 //! Listeners and the process lifecycle: one listener per pool, one task per client connection,
 //! a cap on concurrent clients per pool (refused with a protocol error, not left hanging), pool
-//! maintenance, and shutdown on SIGTERM/SIGINT: stop accepting, let sessions finish up to the
-//! drain deadline, then close what is left.
+//! maintenance and warm-up, the heartbeat the watchdog reads, SIGHUP reloads, and on SIGTERM,
+//! SIGINT or `POST /quitquitquit` the drain of `shutdown`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-use crate::config::{Config, Protocol};
+use crate::admin::status::PoolSource;
+use crate::admin::AdminState;
+use crate::config::{Config, Protocol, ShutdownConfig};
+use crate::log_limit::LogLimiter;
 use crate::net::dns::Resolver;
 use crate::net::socket::configure_client_socket;
 use crate::net::tls::TlsError;
+use crate::ops::health::{AcceptWatch, Health};
+use crate::ops::lifecycle::{Drain, Lifecycle, StopSource};
+use crate::ops::pool_state::PoolOps;
 use crate::postgres::cancel::CancelRegistry;
-use crate::postgres::PgService;
+use crate::postgres::{PgService, PgShared};
+use crate::served::ServedPool;
 use crate::session::budget::BufferBudget;
 
-/// How long shutdown waits for sessions to end before closing them.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How often pools retire and top up connections.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 
@@ -54,13 +61,28 @@ pub enum ServerError {
     Signals(#[source] std::io::Error),
 }
 
-/// Runs every configured pool until SIGTERM or SIGINT, then drains.
-pub async fn run(config: Config) -> Result<(), ServerError> {
+/// What the data path shares with the admin port and the watchdog.
+pub struct Ops {
+    pub health: Arc<Health>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub admin: Arc<AdminState>,
+    /// The file SIGHUP reloads.
+    pub config_path: PathBuf,
+    /// `[shutdown]` as last loaded (a reload may change it).
+    pub shutdown: Arc<RwLock<ShutdownConfig>>,
+}
+
+/// Names sessions in logs, process-wide.
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Runs every configured pool until a stop request, then drains.
+pub async fn run(config: Config, ops: Ops) -> Result<(), ServerError> {
     let resolver = Resolver::new(Duration::from_secs(2));
     let cancels = Arc::new(CancelRegistry::default());
     let buffer_budget = BufferBudget::new(config.runtime.max_buffered_bytes);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut pools = Vec::new();
+    let (drain, drain_signal) = Drain::new();
+    let (stop_accepting, stop_rx) = watch::channel(false);
+    let mut served = Vec::new();
     for (name, pool) in &config.pools {
         if pool.protocol != Protocol::Postgres {
             return Err(ServerError::UnsupportedProtocol(name.clone()));
@@ -73,91 +95,132 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
                     addr: pool.listen,
                     source,
                 })?;
-        let svc = PgService::new(
-            pool.clone(),
-            resolver.clone(),
-            Arc::clone(&cancels),
-            Arc::clone(&buffer_budget),
-        )
-        .map_err(|source| ServerError::Tls {
+        let log_limit = Arc::new(LogLimiter::default());
+        let shared = PgShared {
+            resolver: resolver.clone(),
+            cancels: Arc::clone(&cancels),
+            ops: Arc::new(PoolOps::default()),
+            drain: drain_signal.clone(),
+            log_limit: Arc::clone(&log_limit),
+            mock_secret: rand::random(),
+            buffer_budget: Arc::clone(&buffer_budget),
+        };
+        let svc = PgService::new(pool.clone(), shared).map_err(|source| ServerError::Tls {
             pool: name.clone(),
             source,
         })?;
         svc.pool.spawn_maintenance(MAINTENANCE_EVERY);
-        spawn_held_back_reports(Arc::clone(&svc));
-        let slots = Arc::new(Semaphore::new(pool.sizes.max_client_connections));
+        spawn_held_back_reports(name.clone(), log_limit);
+        let pool_served = Arc::new(ServedPool::new(svc));
+        pool_served.spawn_warm_up(config.admin.startup_timeout);
         tracing::info!(pool = %name, listen = %pool.listen, servers = ?pool.servers.iter().map(ToString::to_string).collect::<Vec<_>>(), "listening");
+        let watch = ops.health.accept_watch(name);
+        if let Some(w) = &watch {
+            w.started();
+        }
         tokio::spawn(accept_loop(
             listener,
-            Arc::clone(&svc),
-            Arc::clone(&slots),
+            Arc::clone(&pool_served),
+            watch,
             stop_rx.clone(),
         ));
-        pools.push((svc, slots));
+        served.push(pool_served);
     }
-    wait_for_shutdown_signal().await?;
-    tracing::info!("shutting down: no new connections, draining sessions");
-    let _ = stop_tx.send(true);
-    let drain = async {
-        for (svc, slots) in &pools {
-            let all = u32::try_from(svc.config.sizes.max_client_connections).unwrap_or(u32::MAX);
-            let _ = slots.acquire_many(all).await;
-        }
-    };
-    if tokio::time::timeout(DRAIN_DEADLINE, drain).await.is_err() {
-        tracing::warn!("drain deadline passed; closing remaining sessions");
-    }
-    for (svc, _) in &pools {
-        svc.pool.close_idle();
-    }
+    ops.admin.set_pools(
+        served
+            .iter()
+            .map(|p| Arc::clone(p) as Arc<dyn PoolSource>)
+            .collect(),
+    );
+    ops.health.beat();
+    tokio::spawn(Arc::clone(&ops.health).heartbeat());
+    ops.health.set_listeners_up();
+    spawn_signal_handlers(&ops, config, served.clone())?;
+
+    ops.lifecycle.stopped().await;
+    let settings = *ops.shutdown.read().unwrap_or_else(|p| p.into_inner());
+    crate::shutdown::drain(&ops.health, settings, &stop_accepting, &drain, &served).await;
     Ok(())
 }
 
-async fn wait_for_shutdown_signal() -> Result<(), ServerError> {
+/// SIGTERM and SIGINT request a stop; SIGHUP reloads the configuration.
+fn spawn_signal_handlers(
+    ops: &Ops,
+    config: Config,
+    served: Vec<Arc<ServedPool>>,
+) -> Result<(), ServerError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(ServerError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(ServerError::Signals)?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
+    let lifecycle = Arc::clone(&ops.lifecycle);
+    tokio::spawn(async move {
+        loop {
+            let source = tokio::select! {
+                _ = term.recv() => StopSource::Sigterm,
+                _ = int.recv() => StopSource::Sigint,
+            };
+            lifecycle.request_stop(source);
+        }
+    });
+    let mut reloader = crate::reload::Reloader::new(
+        config,
+        served,
+        ops.config_path.clone(),
+        Arc::clone(&ops.shutdown),
+    );
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reloader.reload().await;
+        }
+    });
     Ok(())
 }
 
 async fn accept_loop(
     listener: TcpListener,
-    svc: Arc<PgService>,
-    slots: Arc<Semaphore>,
+    served: Arc<ServedPool>,
+    watch: Option<Arc<AcceptWatch>>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         };
         let stream = match accepted {
             Ok((stream, _peer)) => stream,
             Err(err) => {
+                if let Some(w) = &watch {
+                    w.failed();
+                }
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %err, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        if let Some(w) = &watch {
+            w.succeeded();
+        }
         if let Err(err) = configure_client_socket(&stream) {
             tracing::debug!(error = %err, "could not set client socket options");
         }
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+        let svc = served.current();
+        let Ok(permit) = Arc::clone(&served.slots).try_acquire_owned() else {
             tokio::spawn(crate::postgres::refuse_at_cap(Arc::clone(&svc), stream));
             continue;
         };
-        let svc = Arc::clone(&svc);
+        let client_id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             metrics::gauge!("suture_client_connections", "protocol" => "postgres").increment(1.0);
-            crate::postgres::serve(svc, stream).await;
+            crate::postgres::serve(svc, stream, client_id).await;
             metrics::gauge!("suture_client_connections", "protocol" => "postgres").decrement(1.0);
             drop(permit);
         });
+    }
+    if let Some(w) = &watch {
+        w.stopped();
     }
 }
 
@@ -165,14 +228,14 @@ async fn accept_loop(
 const HELD_BACK_REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Reports, per cause, the log lines the rate limits held back and no later line reported.
-fn spawn_held_back_reports(svc: Arc<PgService>) {
+fn spawn_held_back_reports(pool: String, limiter: Arc<LogLimiter>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HELD_BACK_REPORT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for (cause, suppressed) in svc.log_limit.held_back() {
-                tracing::info!(pool = %svc.config.name, cause, suppressed, "log lines of this cause were held back by the rate limit");
+            for (cause, suppressed) in limiter.held_back() {
+                tracing::info!(pool = %pool, cause, suppressed, "log lines of this cause were held back by the rate limit");
             }
         }
     });

@@ -11,11 +11,13 @@ use std::time::Duration;
 use config::{Map, Value, ValueKind};
 use serde::de::DeserializeOwned;
 
-use super::raw::{RawAdmin, RawLog, RawPool, RawRoot, RawRuntime, RawUser, ENV_ORIGIN};
+use super::raw::{
+    RawAdmin, RawLog, RawPool, RawRoot, RawRuntime, RawShutdown, RawUser, ENV_ORIGIN,
+};
 use super::{
     defaults, AdminConfig, ClientAuthMethod, Config, Limits, LogConfig, LogFormat, PoolConfig,
     PoolSizes, Problem, Problems, Protocol, RuntimeConfig, Secret, ServerAddr, ServerRole,
-    Timeouts, TlsMode, TlsSettings, UserConfig,
+    ShutdownConfig, Timeouts, TlsMode, TlsSettings, UserConfig,
 };
 
 const PASSWORD_KEYS: [&str; 3] = ["password", "password_env", "password_file"];
@@ -174,6 +176,7 @@ pub(super) fn build(
     let admin = build_admin(&mut c, tree.remove("admin"));
     let log = build_log(&mut c, tree.remove("log"));
     let runtime = build_runtime(&mut c, tree.remove("runtime"));
+    let shutdown = build_shutdown(&mut c, tree.remove("shutdown"));
     let pools = build_pools(&mut c, tree.remove("pools"), env);
     check_listen_conflicts(&mut c, &admin, &pools);
 
@@ -182,6 +185,7 @@ pub(super) fn build(
             admin,
             log,
             runtime,
+            shutdown,
             pools,
         })
     } else {
@@ -195,8 +199,32 @@ fn build_admin(c: &mut Checker, value: Option<Value>) -> AdminConfig {
         .and_then(|t| c.section::<RawAdmin>("admin", t))
         .unwrap_or_default();
     let listen = raw.listen.as_deref().unwrap_or(defaults::ADMIN_LISTEN);
+    let stall_threshold = raw.stall_threshold.unwrap_or(defaults::STALL_THRESHOLD);
+    if stall_threshold < MIN_STALL_THRESHOLD {
+        c.add(
+            "admin.stall_threshold",
+            format!("must be at least {MIN_STALL_THRESHOLD:?} (the watchdog looks every 250ms)"),
+        );
+    }
     AdminConfig {
         listen: parse_listen(c, "admin.listen", listen),
+        stall_threshold,
+        startup_timeout: raw.startup_timeout.unwrap_or(defaults::STARTUP_TIMEOUT),
+        readiness_checks_backend: raw.readiness_checks_backend.unwrap_or(false),
+    }
+}
+
+/// A shorter stall threshold would report the watchdog's own sampling as a stall.
+const MIN_STALL_THRESHOLD: Duration = Duration::from_millis(500);
+
+fn build_shutdown(c: &mut Checker, value: Option<Value>) -> ShutdownConfig {
+    let raw = value
+        .and_then(|v| c.table("shutdown", v))
+        .and_then(|t| c.section::<RawShutdown>("shutdown", t))
+        .unwrap_or_default();
+    ShutdownConfig {
+        accept_for: raw.accept_for.unwrap_or(defaults::ACCEPT_FOR),
+        drain_timeout: raw.drain_timeout.unwrap_or(defaults::DRAIN_TIMEOUT),
     }
 }
 

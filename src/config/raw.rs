@@ -55,6 +55,8 @@ pub(super) struct RawRoot {
     #[serde(default)]
     pub(super) runtime: Option<IgnoredAny>,
     #[serde(default)]
+    pub(super) shutdown: Option<IgnoredAny>,
+    #[serde(default)]
     pub(super) pools: Option<IgnoredAny>,
 }
 
@@ -62,6 +64,20 @@ pub(super) struct RawRoot {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) listen: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) stall_threshold: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) startup_timeout: Option<Duration>,
+    pub(super) readiness_checks_backend: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShutdown {
+    #[serde(default, with = "humantime_serde")]
+    pub(super) accept_for: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) drain_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

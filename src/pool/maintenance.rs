@@ -12,7 +12,7 @@ impl<M: Manager> Pool<M> {
     /// Opens connections in the background until the sub-pool has `min_idle` idle ones (never
     /// beyond `max_size` in all). One top-up per sub-pool runs at a time.
     pub(super) fn spawn_top_up(&self, key: M::Key, sub: Arc<SubPool<M::Conn>>) {
-        let min_idle = self.inner.settings.min_idle;
+        let min_idle = self.settings().min_idle;
         if min_idle == 0 || sub.topping_up.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -27,15 +27,11 @@ impl<M: Manager> Pool<M> {
             let _done = Done(&sub.topping_up);
             loop {
                 let idle = sub.idle().len() + sub.checking.load(Ordering::Acquire);
-                let busy = pool
-                    .inner
-                    .settings
-                    .max_size
-                    .saturating_sub(sub.permits.available_permits());
-                if idle >= min_idle || idle + busy >= pool.inner.settings.max_size {
+                let busy = sub.size.saturating_sub(sub.permits.available_permits());
+                if idle >= min_idle || idle + busy >= sub.size {
                     return;
                 }
-                let limit = pool.inner.settings.checkout_timeout;
+                let limit = pool.settings().checkout_timeout;
                 match tokio::time::timeout(limit, pool.inner.manager.connect(&key)).await {
                     Ok(Ok(conn)) => {
                         let pooled = pool.fresh(conn);
@@ -60,7 +56,7 @@ impl<M: Manager> Pool<M> {
     /// back), and top every sub-pool up to `min_idle`.
     pub(crate) fn maintain(&self) {
         let now = Instant::now();
-        let settings = &self.inner.settings;
+        let settings = &self.settings();
         self.drop_unused(now);
         let subs: SubPools<M> = self
             .inner
@@ -84,7 +80,7 @@ impl<M: Manager> Pool<M> {
                     } else if stale || pooled.near_server_idle_limit(now) {
                         retired.push((pooled, "idle_timeout"));
                     } else if let Err(cause) = self.inner.manager.check_idle(&mut pooled.conn) {
-                        self.count_idle_close(cause);
+                        self.count_idle_close(cause, &pooled.conn);
                     } else if !check_after.is_zero()
                         && now.duration_since(pooled.quiet_since) >= check_after
                     {
@@ -111,7 +107,7 @@ impl<M: Manager> Pool<M> {
     /// Drops the sub-pools nobody used for `idle_timeout` (closing their idle connections), so
     /// keys that clients stop using cost nothing.
     fn drop_unused(&self, now: Instant) {
-        let settings = &self.inner.settings;
+        let settings = &self.settings();
         let dropped: Vec<Arc<SubPool<M::Conn>>> = {
             let mut map = self
                 .inner
@@ -120,7 +116,7 @@ impl<M: Manager> Pool<M> {
                 .unwrap_or_else(|p| p.into_inner());
             let unused: Vec<M::Key> = map
                 .iter()
-                .filter(|(_, sub)| sub.unused(settings.max_size, now, settings.idle_timeout))
+                .filter(|(_, sub)| sub.unused(now, settings.idle_timeout))
                 .map(|(key, _)| key.clone())
                 .collect();
             unused.iter().filter_map(|key| map.remove(key)).collect()
@@ -139,7 +135,7 @@ impl<M: Manager> Pool<M> {
         sub.checking.fetch_add(1, Ordering::AcqRel);
         let pool = self.clone();
         tokio::spawn(async move {
-            let limit = pool.inner.settings.health_check_timeout;
+            let limit = pool.settings().health_check_timeout;
             let alive =
                 tokio::time::timeout(limit, pool.inner.manager.health_check(&mut pooled.conn))
                     .await

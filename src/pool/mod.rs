@@ -26,10 +26,12 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::ops::pool_state::{EventKind, PoolOps};
 
 /// Opens backend connections and judges them; one per protocol.
 pub(crate) trait Manager: Send + Sync + 'static {
@@ -64,6 +66,10 @@ pub(crate) trait Manager: Send + Sync + 'static {
     /// An active round trip on an idle connection (PostgreSQL: an empty query); `false` means
     /// the connection is unusable. The pool bounds it by `health_check_timeout`.
     fn health_check(&self, conn: &mut Self::Conn) -> impl Future<Output = bool> + Send;
+
+    /// The server's identifier of the connection, for logs (PostgreSQL: the backend process
+    /// ID).
+    fn conn_id(conn: &Self::Conn) -> i64;
 }
 
 /// Why a checkout failed.
@@ -101,6 +107,19 @@ pub(crate) enum PoolError<E: std::error::Error + 'static> {
     },
 }
 
+/// A pool's connections and callers, all keys together (for the admin port).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PoolStats {
+    /// Idle in the pool (or being health-checked).
+    pub(crate) idle: usize,
+    /// Checked out (bound to a client session).
+    pub(crate) active: usize,
+    /// Callers waiting for a free slot.
+    pub(crate) waiting: usize,
+    /// Callers in the failover hold.
+    pub(crate) held: usize,
+}
+
 /// A connection with the pool's bookkeeping.
 struct Pooled<C> {
     conn: C,
@@ -125,6 +144,8 @@ impl<C> Pooled<C> {
 struct SubPool<C> {
     idle: Mutex<Vec<Pooled<C>>>,
     permits: Arc<Semaphore>,
+    /// `max_size` when it was created (a reload changes the size of new sub-pools only).
+    size: usize,
     waiting: AtomicUsize,
     /// Idle connections taken out for a health check.
     checking: AtomicUsize,
@@ -148,9 +169,9 @@ impl<C> SubPool<C> {
 
     /// Nobody holds, waits for, checks or opens a connection of it, and nobody used it for
     /// `unused_for`.
-    fn unused(&self, max_size: usize, now: Instant, unused_for: Duration) -> bool {
+    fn unused(&self, now: Instant, unused_for: Duration) -> bool {
         let last = *self.last_used.lock().unwrap_or_else(|p| p.into_inner());
-        self.permits.available_permits() == max_size
+        self.permits.available_permits() == self.size
             && self.waiting.load(Ordering::Acquire) == 0
             && self.checking.load(Ordering::Acquire) == 0
             && !self.topping_up.load(Ordering::Acquire)
@@ -164,7 +185,10 @@ type SubPools<M> = HashMap<<M as Manager>::Key, Arc<SubPool<<M as Manager>::Conn
 struct Inner<M: Manager> {
     name: String,
     manager: M,
-    settings: PoolSettings,
+    /// Replaced whole on reload.
+    settings: RwLock<PoolSettings>,
+    /// Where idle closes and refusals are reported for `/status`.
+    ops: Arc<PoolOps>,
     subpools: Mutex<SubPools<M>>,
     /// Callers in the failover hold, all keys together.
     held: AtomicUsize,
@@ -193,15 +217,96 @@ pub(crate) struct Checkout<M: Manager> {
 
 impl<M: Manager> Pool<M> {
     /// A pool named `name` (the metrics label) opening connections through `manager`.
-    pub(crate) fn new(name: &str, manager: M, settings: PoolSettings) -> Pool<M> {
+    pub(crate) fn new(
+        name: &str,
+        manager: M,
+        settings: PoolSettings,
+        ops: Arc<PoolOps>,
+    ) -> Pool<M> {
         Pool {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
                 manager,
-                settings,
+                settings: RwLock::new(settings),
+                ops,
                 subpools: Mutex::new(HashMap::new()),
                 held: AtomicUsize::new(0),
             }),
+        }
+    }
+
+    /// The current settings (a copy: a reload may replace them at any time).
+    pub(crate) fn settings(&self) -> PoolSettings {
+        self.inner
+            .settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the settings (reload). `max_size` applies to sub-pools created from now on.
+    pub(crate) fn set_settings(&self, settings: PoolSettings) {
+        *self
+            .inner
+            .settings
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+
+    /// The connection manager.
+    pub(crate) fn manager(&self) -> &M {
+        &self.inner.manager
+    }
+
+    /// Idle and checked-out connections and waiting and held callers, all keys together.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let map = self
+            .inner
+            .subpools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut stats = PoolStats {
+            held: self.inner.held.load(Ordering::Acquire),
+            ..PoolStats::default()
+        };
+        for sub in map.values() {
+            stats.idle += sub.idle().len() + sub.checking.load(Ordering::Acquire);
+            stats.active += sub.size.saturating_sub(sub.permits.available_permits());
+            stats.waiting += sub.waiting.load(Ordering::Acquire);
+        }
+        stats
+    }
+
+    /// Opens one connection for `key` at start, so a pool with warm spares has logged in
+    /// before its first client; the sub-pool is created (and topped up to `min_idle`) only if
+    /// that works. Connection-level failures are retried with backoff (up to 30 s apart)
+    /// until `give_up_after`.
+    pub(crate) async fn warm(&self, key: &M::Key, give_up_after: Duration) -> Result<(), M::Error> {
+        let deadline = Instant::now() + give_up_after;
+        let mut pause = Duration::from_millis(250);
+        loop {
+            let limit = self.settings().checkout_timeout;
+            match tokio::time::timeout(limit, self.inner.manager.connect(key)).await {
+                Ok(Ok(conn)) => {
+                    let pooled = self.fresh(conn);
+                    let sub = self.subpool(key);
+                    sub.idle().push(pooled);
+                    return Ok(());
+                }
+                Ok(Err(err)) if !M::is_retryable(&err) || Instant::now() >= deadline => {
+                    return Err(err)
+                }
+                Ok(Err(err)) => {
+                    tracing::debug!(pool = %self.inner.name, ?key, error = %err, "warm-up failed; retrying");
+                }
+                Err(_) => {}
+            }
+            if Instant::now() >= deadline {
+                // Timed out without an error to report: leave it to the clients.
+                return Ok(());
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(30));
         }
     }
 
@@ -216,9 +321,11 @@ impl<M: Manager> Pool<M> {
             sub.touch();
             return Arc::clone(sub);
         }
+        let size = self.settings().max_size;
         let sub = Arc::new(SubPool {
             idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(self.inner.settings.max_size)),
+            permits: Arc::new(Semaphore::new(size)),
+            size,
             waiting: AtomicUsize::new(0),
             checking: AtomicUsize::new(0),
             topping_up: AtomicBool::new(false),
@@ -238,7 +345,7 @@ impl<M: Manager> Pool<M> {
     /// Cancel-safe: a dropped call leaks neither a permit, a connection nor a held count.
     pub(crate) async fn checkout(&self, key: &M::Key) -> Result<Checkout<M>, PoolError<M::Error>> {
         let started = Instant::now();
-        let limit = self.inner.settings.checkout_timeout;
+        let limit = self.settings().checkout_timeout;
         let sub = self.subpool(key);
         let permit = match Arc::clone(&sub.permits).try_acquire_owned() {
             Ok(permit) => permit,
@@ -261,7 +368,7 @@ impl<M: Manager> Pool<M> {
         if let Some(pooled) = self.take_idle(sub).await {
             return Ok(pooled);
         }
-        let settings = &self.inner.settings;
+        let settings = &self.settings();
         if settings.failover_hold.is_zero() {
             let limit = settings.checkout_timeout;
             let remaining = limit.saturating_sub(started.elapsed());
@@ -291,10 +398,10 @@ impl<M: Manager> Pool<M> {
                 continue;
             }
             if let Err(cause) = self.inner.manager.check_idle(&mut pooled.conn) {
-                self.count_idle_close(cause);
+                self.count_idle_close(cause, &pooled.conn);
                 continue;
             }
-            let check_after = self.inner.settings.health_check_after;
+            let check_after = self.settings().health_check_after;
             if !check_after.is_zero() && now.duration_since(pooled.quiet_since) >= check_after {
                 if !self.inner.manager.health_check(&mut pooled.conn).await {
                     self.count_close("health_check");
@@ -315,7 +422,7 @@ impl<M: Manager> Pool<M> {
         sub: &SubPool<M::Conn>,
         started: Instant,
     ) -> Result<Pooled<M::Conn>, PoolError<M::Error>> {
-        let hold = self.inner.settings.failover_hold;
+        let hold = self.settings().failover_hold;
         let deadline = started + hold;
         let mut backoff = Backoff::new();
         let mut held: Option<Held<'_>> = None;
@@ -344,7 +451,7 @@ impl<M: Manager> Pool<M> {
                     }
                     None => {
                         self.count_unavailable();
-                        tracing::warn!(pool = %self.inner.name, ?key, error = %DisplayLast(&last), max_held = self.inner.settings.max_held, "backend unreachable and the failover hold is full");
+                        tracing::warn!(pool = %self.inner.name, ?key, error = %DisplayLast(&last), max_held = self.settings().max_held, "backend unreachable and the failover hold is full");
                         return Err(match last {
                             Some(last) => PoolError::HoldFull {
                                 last: Box::new(last),
@@ -376,6 +483,9 @@ impl<M: Manager> Pool<M> {
     }
 
     fn count_unavailable(&self) {
+        self.inner
+            .ops
+            .record(EventKind::Refusal, "backend_unavailable");
         metrics::counter!("suture_replays_refused_total", "pool" => self.inner.name.clone(), "reason" => "backend_unavailable")
             .increment(1);
     }
@@ -391,7 +501,7 @@ impl<M: Manager> Pool<M> {
                 self.0.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        if sub.waiting.fetch_add(1, Ordering::AcqRel) >= self.inner.settings.max_waiters {
+        if sub.waiting.fetch_add(1, Ordering::AcqRel) >= self.settings().max_waiters {
             sub.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(PoolError::QueueFull);
         }
@@ -408,8 +518,9 @@ impl<M: Manager> Pool<M> {
             .increment(1);
     }
 
-    fn count_idle_close(&self, cause: &'static str) {
-        tracing::info!(pool = %self.inner.name, cause, "idle backend connection found closed");
+    fn count_idle_close(&self, cause: &'static str, conn: &M::Conn) {
+        self.inner.ops.record(EventKind::IdleClose, cause);
+        tracing::info!(pool = %self.inner.name, cause, backend_pid = M::conn_id(conn), "idle backend connection found closed");
         metrics::counter!("suture_backend_idle_closes_total", "pool" => self.inner.name.clone(), "cause" => cause)
             .increment(1);
     }
@@ -424,7 +535,7 @@ impl<M: Manager> Pool<M> {
         let quiet_limit = self.inner.manager.idle_limit(&conn).map(retire_before);
         Pooled {
             conn,
-            retire_at: now + self.inner.settings.jittered_lifetime(),
+            retire_at: now + self.settings().jittered_lifetime(),
             idle_since: now,
             quiet_since: now,
             quiet_limit,
@@ -445,18 +556,21 @@ impl<M: Manager> Pool<M> {
         }
     }
 
-    /// Closes every idle connection (shutdown).
-    pub(crate) fn close_idle(&self) {
+    /// Takes every idle connection out of the pool (shutdown), counted as closed for
+    /// `shutdown`; the caller says goodbye to each.
+    pub(crate) fn take_all_idle(&self) -> Vec<M::Conn> {
         let map = self
             .inner
             .subpools
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let mut all = Vec::new();
         for sub in map.values() {
-            let closed = std::mem::take(&mut *sub.idle());
-            metrics::counter!("suture_backend_closes_total", "pool" => self.inner.name.clone(), "reason" => "shutdown")
-                .increment(closed.len() as u64);
+            all.extend(std::mem::take(&mut *sub.idle()).into_iter().map(|p| p.conn));
         }
+        metrics::counter!("suture_backend_closes_total", "pool" => self.inner.name.clone(), "reason" => "shutdown")
+            .increment(all.len() as u64);
+        all
     }
 
     /// Idle connections of one key (tests and diagnostics).
@@ -472,6 +586,14 @@ impl<M: Manager> Checkout<M> {
         // `conn` is only taken by checkin/detach, which consume self.
         match self.conn.as_mut() {
             Some(pooled) => &mut pooled.conn,
+            None => unreachable!("a Checkout always holds its connection until consumed"),
+        }
+    }
+
+    /// The connection, to look at.
+    pub(crate) fn conn_ref(&self) -> &M::Conn {
+        match self.conn.as_ref() {
+            Some(pooled) => &pooled.conn,
             None => unreachable!("a Checkout always holds its connection until consumed"),
         }
     }
@@ -506,7 +628,7 @@ impl<M: Manager> Checkout<M> {
     pub(crate) fn has_room(&self) -> bool {
         let sub = self.pool.subpool(&self.key);
         let idle = sub.idle().len();
-        let max = self.pool.inner.settings.max_size;
+        let max = sub.size;
         let in_use = max.saturating_sub(sub.permits.available_permits());
         idle > 0 || idle + in_use < max
     }
@@ -543,7 +665,7 @@ impl<'a> Held<'a> {
     fn enter<M: Manager>(pool: &'a Pool<M>) -> Option<Held<'a>> {
         let inner = &*pool.inner;
         let before = inner.held.fetch_add(1, Ordering::AcqRel);
-        if before >= inner.settings.max_held {
+        if before >= pool.settings().max_held {
             inner.held.fetch_sub(1, Ordering::AcqRel);
             return None;
         }

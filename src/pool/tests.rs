@@ -77,6 +77,10 @@ impl Manager for Arc<Counting> {
         conn.idle_limit
     }
 
+    fn conn_id(conn: &FakeConn) -> i64 {
+        conn.id as i64
+    }
+
     async fn health_check(&self, _conn: &mut FakeConn) -> bool {
         self.health_checks.fetch_add(1, Ordering::SeqCst);
         if self.blackhole.load(Ordering::SeqCst) {
@@ -124,7 +128,7 @@ fn manager() -> Arc<Counting> {
 #[tokio::test]
 async fn checked_in_connection_is_reused() {
     let m = manager();
-    let pool = Pool::new("t", Arc::clone(&m), settings(0, 2, 10));
+    let pool = Pool::new("t", Arc::clone(&m), settings(0, 2, 10), Default::default());
     let mut first = pool.checkout(&"k").await.expect("checkout");
     let id = first.conn().id;
     first.checkin();
@@ -136,7 +140,7 @@ async fn checked_in_connection_is_reused() {
 #[tokio::test]
 async fn dropped_checkout_closes_instead_of_reusing() {
     let m = manager();
-    let pool = Pool::new("t", Arc::clone(&m), settings(0, 2, 10));
+    let pool = Pool::new("t", Arc::clone(&m), settings(0, 2, 10), Default::default());
     drop(pool.checkout(&"k").await.expect("checkout"));
     let mut again = pool.checkout(&"k").await.expect("checkout");
     assert_eq!(again.conn().id, 1);
@@ -144,7 +148,7 @@ async fn dropped_checkout_closes_instead_of_reusing() {
 
 #[tokio::test]
 async fn max_size_makes_callers_wait_then_time_out() {
-    let pool = Pool::new("t", manager(), settings(0, 1, 10));
+    let pool = Pool::new("t", manager(), settings(0, 1, 10), Default::default());
     let held = pool.checkout(&"k").await.expect("checkout");
     let err = pool.checkout(&"k").await.err().expect("must time out");
     assert!(matches!(err, PoolError::WaitTimeout(_)), "{err}");
@@ -155,7 +159,7 @@ async fn max_size_makes_callers_wait_then_time_out() {
 #[tokio::test]
 async fn waiter_gets_the_connection_checked_in() {
     let m = manager();
-    let pool = Pool::new("t", Arc::clone(&m), settings(0, 1, 10));
+    let pool = Pool::new("t", Arc::clone(&m), settings(0, 1, 10), Default::default());
     let held = pool.checkout(&"k").await.expect("checkout");
     let waiter = {
         let pool = pool.clone();
@@ -169,7 +173,7 @@ async fn waiter_gets_the_connection_checked_in() {
 
 #[tokio::test]
 async fn wait_queue_is_bounded() {
-    let pool = Pool::new("t", manager(), settings(0, 1, 1));
+    let pool = Pool::new("t", manager(), settings(0, 1, 1), Default::default());
     let _held = pool.checkout(&"k").await.expect("checkout");
     let waiting = {
         let pool = pool.clone();
@@ -183,7 +187,7 @@ async fn wait_queue_is_bounded() {
 
 #[tokio::test]
 async fn keys_have_separate_limits() {
-    let pool = Pool::new("t", manager(), settings(0, 1, 10));
+    let pool = Pool::new("t", manager(), settings(0, 1, 10), Default::default());
     let _a = pool.checkout(&"a").await.expect("checkout a");
     assert!(pool.checkout(&"b").await.is_ok());
 }
@@ -192,7 +196,7 @@ async fn keys_have_separate_limits() {
 async fn connect_errors_are_reported() {
     let m = manager();
     m.refuse.store(true, Ordering::SeqCst);
-    let pool = Pool::new("t", m, settings(0, 1, 10));
+    let pool = Pool::new("t", m, settings(0, 1, 10), Default::default());
     let err = pool.checkout(&"k").await.err().expect("refused");
     assert!(matches!(err, PoolError::Connect(Refused::Down)), "{err}");
     // The permit came back: a later checkout is not stuck waiting.
@@ -203,7 +207,7 @@ async fn connect_errors_are_reported() {
 #[tokio::test]
 async fn min_idle_is_kept_warm() {
     let m = manager();
-    let pool = Pool::new("t", Arc::clone(&m), settings(2, 5, 10));
+    let pool = Pool::new("t", Arc::clone(&m), settings(2, 5, 10), Default::default());
     let c = pool.checkout(&"k").await.expect("checkout");
     for _ in 0..50 {
         if pool.idle_count(&"k") >= 2 {
@@ -220,7 +224,7 @@ async fn expired_connections_are_not_handed_out() {
     let m = manager();
     let mut s = settings(0, 2, 10);
     s.max_lifetime = Duration::from_millis(30);
-    let pool = Pool::new("t", Arc::clone(&m), s);
+    let pool = Pool::new("t", Arc::clone(&m), s, Default::default());
     pool.checkout(&"k").await.expect("checkout").checkin();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut c = pool.checkout(&"k").await.expect("checkout");
@@ -232,7 +236,7 @@ async fn idle_timeout_retires_spares_above_min_idle() {
     let m = manager();
     let mut s = settings(0, 3, 10);
     s.idle_timeout = Duration::from_millis(20);
-    let pool = Pool::new("t", Arc::clone(&m), s);
+    let pool = Pool::new("t", Arc::clone(&m), s, Default::default());
     pool.checkout(&"k").await.expect("checkout").checkin();
     assert_eq!(pool.idle_count(&"k"), 1);
     tokio::time::sleep(Duration::from_millis(40)).await;
@@ -244,7 +248,12 @@ async fn idle_timeout_retires_spares_above_min_idle() {
 async fn hold_retries_until_the_server_accepts() {
     let m = manager();
     m.refuse_times.store(4, Ordering::SeqCst);
-    let pool = Pool::new("t", Arc::clone(&m), holding(Duration::from_secs(5)));
+    let pool = Pool::new(
+        "t",
+        Arc::clone(&m),
+        holding(Duration::from_secs(5)),
+        Default::default(),
+    );
     let started = Instant::now();
     let mut c = pool.checkout(&"k").await.expect("held, then served");
     assert_eq!(c.conn().id, 0);
@@ -262,7 +271,12 @@ async fn hold_retries_until_the_server_accepts() {
 async fn hold_resumes_soon_after_a_long_outage() {
     let m = manager();
     m.refuse.store(true, Ordering::SeqCst);
-    let pool = Pool::new("t", Arc::clone(&m), holding(Duration::from_secs(5)));
+    let pool = Pool::new(
+        "t",
+        Arc::clone(&m),
+        holding(Duration::from_secs(5)),
+        Default::default(),
+    );
     let waiter = {
         let pool = pool.clone();
         tokio::spawn(async move { pool.checkout(&"k").await.map(|_| Instant::now()) })
@@ -282,7 +296,7 @@ async fn hold_runs_out_with_unavailable() {
     let m = manager();
     m.refuse.store(true, Ordering::SeqCst);
     let hold = Duration::from_millis(400);
-    let pool = Pool::new("t", Arc::clone(&m), holding(hold));
+    let pool = Pool::new("t", Arc::clone(&m), holding(hold), Default::default());
     let started = Instant::now();
     let err = pool.checkout(&"k").await.err().expect("unavailable");
     let took = started.elapsed();
@@ -317,7 +331,12 @@ async fn hold_runs_out_with_unavailable() {
 async fn auth_refusals_are_not_held() {
     let m = manager();
     m.deny.store(true, Ordering::SeqCst);
-    let pool = Pool::new("t", Arc::clone(&m), holding(Duration::from_secs(5)));
+    let pool = Pool::new(
+        "t",
+        Arc::clone(&m),
+        holding(Duration::from_secs(5)),
+        Default::default(),
+    );
     let started = Instant::now();
     let err = pool.checkout(&"k").await.err().expect("denied");
     assert!(matches!(err, PoolError::Connect(Refused::Auth)), "{err}");
@@ -331,7 +350,7 @@ async fn held_callers_are_bounded() {
     m.refuse.store(true, Ordering::SeqCst);
     let mut s = holding(Duration::from_secs(5));
     s.max_held = 1;
-    let pool = Pool::new("t", Arc::clone(&m), s);
+    let pool = Pool::new("t", Arc::clone(&m), s, Default::default());
     let first = {
         let pool = pool.clone();
         tokio::spawn(async move { pool.checkout(&"k").await.is_ok() })
@@ -353,7 +372,12 @@ async fn held_callers_are_bounded() {
 async fn dropped_held_checkout_leaves_the_hold() {
     let m = manager();
     m.refuse.store(true, Ordering::SeqCst);
-    let pool = Pool::new("t", Arc::clone(&m), holding(Duration::from_secs(5)));
+    let pool = Pool::new(
+        "t",
+        Arc::clone(&m),
+        holding(Duration::from_secs(5)),
+        Default::default(),
+    );
     let attempt = tokio::time::timeout(Duration::from_millis(200), pool.checkout(&"k")).await;
     assert!(attempt.is_err(), "still held");
     assert_eq!(pool.inner.held.load(Ordering::SeqCst), 0);
@@ -364,7 +388,7 @@ async fn idle_connections_retire_before_the_server_idle_limit() {
     let m = manager();
     // Server limit 1.2 s: retired after 1.2 s - 1 s margin = 200 ms of quiet.
     m.idle_limit_ms.store(1200, Ordering::SeqCst);
-    let pool = Pool::new("t", Arc::clone(&m), settings(0, 3, 10));
+    let pool = Pool::new("t", Arc::clone(&m), settings(0, 3, 10), Default::default());
     pool.checkout(&"k").await.expect("checkout").checkin();
     pool.checkout(&"k").await.expect("checkout").checkin();
     pool.maintain();
@@ -388,7 +412,7 @@ async fn quiet_connections_are_health_checked_and_kept() {
     let m = manager();
     let mut s = settings(0, 3, 10);
     s.health_check_after = Duration::from_millis(50);
-    let pool = Pool::new("t", Arc::clone(&m), s);
+    let pool = Pool::new("t", Arc::clone(&m), s, Default::default());
     pool.checkout(&"k").await.expect("checkout").checkin();
     pool.maintain();
     assert_eq!(
@@ -412,7 +436,7 @@ async fn black_holed_connections_fail_the_health_check_without_blocking_maintena
     let mut s = settings(2, 3, 10);
     s.health_check_after = Duration::from_millis(50);
     s.health_check_timeout = Duration::from_millis(100);
-    let pool = Pool::new("t", Arc::clone(&m), s);
+    let pool = Pool::new("t", Arc::clone(&m), s, Default::default());
     let a = pool.checkout(&"k").await.expect("checkout");
     let b = pool.checkout(&"k").await.expect("checkout");
     a.checkin();
@@ -443,7 +467,7 @@ async fn black_holed_connections_fail_the_health_check_without_blocking_maintena
 #[tokio::test]
 async fn a_full_pool_replaces_a_connection_inside_its_slot() {
     let m = manager();
-    let pool = Pool::new("t", Arc::clone(&m), settings(0, 2, 10));
+    let pool = Pool::new("t", Arc::clone(&m), settings(0, 2, 10), Default::default());
     let mut a = pool.checkout(&"k").await.expect("checkout");
     let _b = pool.checkout(&"k").await.expect("checkout");
     assert!(!a.has_room(), "both slots are taken");
@@ -465,7 +489,7 @@ async fn a_full_pool_replaces_a_connection_inside_its_slot() {
 #[tokio::test]
 async fn replace_takes_an_idle_connection_first_and_keeps_the_old_one_on_failure() {
     let m = manager();
-    let pool = Pool::new("t", Arc::clone(&m), settings(0, 3, 10));
+    let pool = Pool::new("t", Arc::clone(&m), settings(0, 3, 10), Default::default());
     let spare = pool.checkout(&"k").await.expect("checkout");
     let spare_id = {
         let mut s = spare;
@@ -493,7 +517,7 @@ async fn unused_sub_pools_are_dropped_with_their_spares() {
     let m = manager();
     let mut s = settings(1, 2, 10);
     s.idle_timeout = Duration::from_millis(50);
-    let pool = Pool::new("t", Arc::clone(&m), s);
+    let pool = Pool::new("t", Arc::clone(&m), s, Default::default());
     let c = pool.checkout(&"gone").await.expect("checkout");
     c.checkin();
     let held = pool.checkout(&"busy").await.expect("checkout");

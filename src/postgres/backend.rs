@@ -18,6 +18,7 @@ use crate::config::{ServerAddr, ServerRole, TlsMode};
 use crate::liveness::{Liveness, Probe};
 use crate::net::connect::{connect_tcp, ConnectError};
 use crate::net::tls::TlsError;
+use crate::ops::pool_state::ServerLimits;
 use crate::postgres::backend_auth;
 use crate::postgres::context::{BackendContext, PgKey};
 use crate::postgres::discovery;
@@ -183,6 +184,14 @@ pub(crate) async fn connect(
         Err(err) => err.metrics_label(),
     };
     metrics::counter!("suture_backend_connects_total", "pool" => ctx.pool_name.clone(), "result" => label).increment(1);
+    match &result {
+        Ok(conn) => ctx.ops.connected(ServerLimits {
+            idle_session_timeout: conn.idle_limit,
+            idle_in_transaction_session_timeout: conn.idle_in_transaction_limit,
+            read_only: conn.read_only,
+        }),
+        Err(err) => ctx.ops.connect_failed(label, err.to_string()),
+    }
     result
 }
 

@@ -10,6 +10,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::heal::RefusalReason;
+use crate::ops::pool_state::EventKind;
 use crate::pool::{Checkout, PoolError};
 use crate::postgres::backend::{BackendConn, BackendError, RunError};
 use crate::postgres::cancel::{CancelHandle, CancelTarget};
@@ -47,6 +48,8 @@ pub(super) struct CommandPhase<'a> {
     client_process_id: i32,
     /// When the current backend is to be rotated out.
     next_rotation: Option<Instant>,
+    /// Names the session in logs.
+    pub(super) client_id: u64,
 }
 
 /// How long a backend past its lifetime keeps serving when no fresh one could be had.
@@ -81,6 +84,7 @@ pub(super) async fn run(
     checkout: Checkout<PgManager>,
     login: &ClientLogin,
     cancel: &CancelHandle,
+    client_id: u64,
 ) {
     let (client_read, client_write) = stream.into_split();
     let max = svc.config.limits.max_message_size;
@@ -103,11 +107,20 @@ pub(super) async fn run(
         },
         client_process_id: 0,
         next_rotation: None,
+        client_id,
     };
     phase.client_process_id = phase.checkout.conn().process_id;
     phase.next_rotation = phase.checkout.retire_at();
+    phase.shared.lock().request_duration = svc.request_duration.clone();
+    let mut drain = svc.drain.clone();
     loop {
-        let next = match phase.relay().await {
+        let Some(end) = phase.relay_or_drain(&mut drain).await else {
+            match phase.close_if_at_rest().await {
+                Next::Resume => continue,
+                Next::End => break,
+            }
+        };
+        let next = match end {
             RelayEnd::ClientTerminated => {
                 tracing::debug!("client terminated the session");
                 Next::End
@@ -215,7 +228,7 @@ impl CommandPhase<'_> {
     }
 
     /// Relays in both directions until one side ends.
-    async fn relay(&mut self) -> RelayEnd {
+    pub(super) async fn relay(&mut self) -> RelayEnd {
         let retire_at = self.next_rotation;
         let BackendConn {
             reader,
@@ -378,6 +391,8 @@ impl CommandPhase<'_> {
     }
 
     pub(super) fn count_refusal(&self, reason: RefusalReason) {
+        self.svc.ops.record(EventKind::Refusal, reason.label());
+        tracing::warn!(pool = %self.pool(), client = self.client_id, cause = reason.label(), backend_pid = self.checkout.conn_ref().process_id, "backend loss reported to the client");
         metrics::counter!("suture_replays_refused_total", "pool" => self.pool().to_owned(), "reason" => reason.label())
             .increment(1);
     }

@@ -3,7 +3,7 @@
 //! registry. Built once per pool at start.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::ServerAddr;
@@ -11,6 +11,8 @@ use crate::config::{PoolConfig, ServerRole, Timeouts};
 use crate::log_limit::LogLimiter;
 use crate::net::dns::Resolver;
 use crate::net::tls::{BackendTls, TlsError};
+use crate::ops::lifecycle::DrainSignal;
+use crate::ops::pool_state::PoolOps;
 use crate::pool::{Manager, Pool, PoolSettings};
 use crate::postgres::backend::{self, BackendConn, BackendError};
 use crate::postgres::cancel::CancelRegistry;
@@ -38,11 +40,24 @@ pub(crate) struct BackendContext {
     pub(crate) users: HashMap<String, UserSecrets>,
     /// Whether a read-only server is acceptable.
     pub(crate) role: ServerRole,
+    /// Where logins and their failures are reported for `/status` and `/startup`.
+    pub(crate) ops: Arc<PoolOps>,
 }
 
 /// The pool's [`Manager`] for PostgreSQL.
 pub(crate) struct PgManager {
-    ctx: Arc<BackendContext>,
+    /// Replaced whole on reload: new connections use the new users, servers and deadlines.
+    ctx: RwLock<Arc<BackendContext>>,
+}
+
+impl PgManager {
+    fn ctx(&self) -> Arc<BackendContext> {
+        Arc::clone(&self.ctx.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn set_ctx(&self, ctx: Arc<BackendContext>) {
+        *self.ctx.write().unwrap_or_else(|p| p.into_inner()) = ctx;
+    }
 }
 
 impl Manager for PgManager {
@@ -51,11 +66,17 @@ impl Manager for PgManager {
     type Error = BackendError;
 
     async fn connect(&self, key: &PgKey) -> Result<BackendConn, BackendError> {
-        backend::connect(&self.ctx, key).await
+        let ctx = self.ctx();
+        backend::connect(&ctx, key).await
     }
 
     fn check_idle(&self, conn: &mut BackendConn) -> Result<(), &'static str> {
-        conn.check_idle(self.ctx.max_message_size)
+        let max = self
+            .ctx
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .max_message_size;
+        conn.check_idle(max)
     }
 
     fn is_retryable(err: &BackendError) -> bool {
@@ -68,10 +89,15 @@ impl Manager for PgManager {
 
     async fn health_check(&self, conn: &mut BackendConn) -> bool {
         // An empty query: EmptyQueryResponse and ReadyForQuery, nothing else changes.
-        let limit = self.ctx.timeouts.health_check_timeout;
-        conn.run_internal("", limit, self.ctx.max_message_size)
+        let ctx = self.ctx();
+        let limit = ctx.timeouts.health_check_timeout;
+        conn.run_internal("", limit, ctx.max_message_size)
             .await
             .is_ok()
+    }
+
+    fn conn_id(conn: &BackendConn) -> i64 {
+        i64::from(conn.process_id)
     }
 }
 
@@ -84,74 +110,163 @@ pub(crate) struct PgService {
     /// Replays this pool may still make (DESIGN §3 global retry budget).
     pub(crate) replay_budget: RetryBudget,
     /// Log lines clients can cause at will, rate-limited per cause.
-    pub(crate) log_limit: LogLimiter,
+    pub(crate) log_limit: Arc<LogLimiter>,
     /// A random value of the process that unknown users' mock SCRAM salts derive from.
     pub(crate) mock_secret: [u8; 32],
     /// The memory all sessions of the process may hold in client messages held whole.
+    pub(crate) buffer_budget: Arc<BufferBudget>,
+    /// The pool's operational state (last heal, replay, refusal; logins).
+    pub(crate) ops: Arc<PoolOps>,
+    /// Tells sessions that shutdown is closing idle clients.
+    pub(crate) drain: DrainSignal,
+    /// `suture_request_duration_seconds{protocol="postgres"}`, looked up once.
+    pub(crate) request_duration: metrics::Histogram,
+}
+
+/// A reload prepared by [`PgService::prepare_reload`].
+pub(crate) struct Reloaded {
+    config: PoolConfig,
+    backend: Arc<BackendContext>,
+}
+
+/// What a pool shares across reloads: its connections, its cancel keys, its operational state,
+/// the drain signal, its log rate limits, the secret mock salts derive from and the memory
+/// budget of client buffers.
+pub(crate) struct Shared {
+    pub(crate) resolver: Resolver,
+    pub(crate) cancels: Arc<CancelRegistry>,
+    pub(crate) ops: Arc<PoolOps>,
+    pub(crate) drain: DrainSignal,
+    pub(crate) log_limit: Arc<LogLimiter>,
+    pub(crate) mock_secret: [u8; 32],
     pub(crate) buffer_budget: Arc<BufferBudget>,
 }
 
 impl PgService {
     /// Derives every user's secrets (PBKDF2 once per user, here) and builds the pool.
-    pub(crate) fn new(
-        config: PoolConfig,
-        resolver: Resolver,
-        cancels: Arc<CancelRegistry>,
-        buffer_budget: Arc<BufferBudget>,
-    ) -> Result<Arc<PgService>, TlsError> {
-        let users = config
-            .users
-            .values()
-            .map(|user| {
-                (
-                    user.name.clone(),
-                    UserSecrets::derive(user.password.expose()),
-                )
-            })
-            .collect();
-        let backend = Arc::new(BackendContext {
-            pool_name: config.name.clone(),
-            resolver,
-            servers: config.servers.clone(),
-            tls: BackendTls::new(&config.tls)?,
-            timeouts: config.timeouts.clone(),
-            max_message_size: config.limits.max_message_size,
-            users,
-            role: config.role,
-        });
-        let settings = PoolSettings {
-            min_idle: config.sizes.min_idle,
-            max_size: config.sizes.max_size,
-            max_waiters: config.sizes.max_waiters,
-            checkout_timeout: config.timeouts.checkout,
-            idle_timeout: config.timeouts.idle,
-            max_lifetime: config.timeouts.max_lifetime,
-            failover_hold: config.timeouts.failover_hold,
-            max_held: config.sizes.max_held,
-            health_check_after: config.timeouts.health_check_after,
-            health_check_timeout: config.timeouts.health_check_timeout,
-        };
+    pub(crate) fn new(config: PoolConfig, shared: Shared) -> Result<Arc<PgService>, TlsError> {
+        let backend = Arc::new(backend_context(&config, &shared)?);
         let pool = Pool::new(
             &config.name,
             PgManager {
-                ctx: Arc::clone(&backend),
+                ctx: RwLock::new(Arc::clone(&backend)),
             },
-            settings,
+            pool_settings(&config),
+            Arc::clone(&shared.ops),
         );
-        Ok(Arc::new(PgService {
+        Ok(Self::assemble(config, backend, pool, shared))
+    }
+
+    /// Prepares the service for `config` after a reload (derives the users' secrets, loads
+    /// TLS settings) without changing anything yet.
+    pub(crate) fn prepare_reload(&self, config: PoolConfig) -> Result<Reloaded, TlsError> {
+        let shared = self.shared();
+        let backend = Arc::new(backend_context(&config, &shared)?);
+        Ok(Reloaded { config, backend })
+    }
+
+    /// Puts a prepared reload in force: the same pool (its connections stay) opens new
+    /// connections with the new users, servers and deadlines and applies the new sizes.
+    /// Sessions that run keep the service they started with; new ones get the one returned.
+    pub(crate) fn commit_reload(&self, reloaded: Reloaded) -> Arc<PgService> {
+        self.pool.manager().set_ctx(Arc::clone(&reloaded.backend));
+        self.pool.set_settings(pool_settings(&reloaded.config));
+        Self::assemble(
+            reloaded.config,
+            reloaded.backend,
+            self.pool.clone(),
+            self.shared(),
+        )
+    }
+
+    fn shared(&self) -> Shared {
+        Shared {
+            resolver: self.backend.resolver.clone(),
+            cancels: Arc::clone(&self.cancels),
+            ops: Arc::clone(&self.ops),
+            drain: self.drain.clone(),
+            log_limit: Arc::clone(&self.log_limit),
+            mock_secret: self.mock_secret,
+            buffer_budget: Arc::clone(&self.buffer_budget),
+        }
+    }
+
+    /// Says goodbye (Terminate) to every idle backend connection and closes it (shutdown);
+    /// returns how many.
+    pub(crate) async fn terminate_idle(&self) -> usize {
+        let idle = self.pool.take_all_idle();
+        let count = idle.len();
+        let mut goodbyes = tokio::task::JoinSet::new();
+        for mut conn in idle {
+            goodbyes.spawn(async move { conn.terminate().await });
+        }
+        while goodbyes.join_next().await.is_some() {}
+        count
+    }
+
+    fn assemble(
+        config: PoolConfig,
+        backend: Arc<BackendContext>,
+        pool: Pool<PgManager>,
+        shared: Shared,
+    ) -> Arc<PgService> {
+        Arc::new(PgService {
+            request_duration: metrics::histogram!("suture_request_duration_seconds", "protocol" => "postgres"),
             config,
             backend,
             pool,
-            cancels,
+            cancels: shared.cancels,
             replay_budget: RetryBudget::new(DEFAULT_BURST, DEFAULT_REFILL_PER_SECOND),
-            log_limit: LogLimiter::default(),
-            mock_secret: rand::random(),
-            buffer_budget,
-        }))
+            log_limit: shared.log_limit,
+            mock_secret: shared.mock_secret,
+            buffer_budget: shared.buffer_budget,
+            ops: shared.ops,
+            drain: shared.drain,
+        })
     }
 
     /// The secrets of a configured user.
     pub(crate) fn user(&self, name: &str) -> Option<&UserSecrets> {
         self.backend.users.get(name)
+    }
+}
+
+/// How to reach and log in to the pool's servers.
+fn backend_context(config: &PoolConfig, shared: &Shared) -> Result<BackendContext, TlsError> {
+    let users = config
+        .users
+        .values()
+        .map(|user| {
+            (
+                user.name.clone(),
+                UserSecrets::derive(user.password.expose()),
+            )
+        })
+        .collect();
+    Ok(BackendContext {
+        pool_name: config.name.clone(),
+        resolver: shared.resolver.clone(),
+        servers: config.servers.clone(),
+        tls: BackendTls::new(&config.tls)?,
+        timeouts: config.timeouts.clone(),
+        max_message_size: config.limits.max_message_size,
+        users,
+        role: config.role,
+        ops: Arc::clone(&shared.ops),
+    })
+}
+
+fn pool_settings(config: &PoolConfig) -> PoolSettings {
+    PoolSettings {
+        min_idle: config.sizes.min_idle,
+        max_size: config.sizes.max_size,
+        max_waiters: config.sizes.max_waiters,
+        checkout_timeout: config.timeouts.checkout,
+        idle_timeout: config.timeouts.idle,
+        max_lifetime: config.timeouts.max_lifetime,
+        failover_hold: config.timeouts.failover_hold,
+        max_held: config.sizes.max_held,
+        health_check_after: config.timeouts.health_check_after,
+        health_check_timeout: config.timeouts.health_check_timeout,
     }
 }

@@ -16,6 +16,8 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use crate::heal::{self, After, Decision, LossFacts, RefusalReason, ReplayReason};
+use crate::ops::pool_state::EventKind;
+use crate::ops::series::IDLE_CLOSE_CAUSES;
 use crate::postgres::aborted::{self, AbortedEnd};
 use crate::postgres::command_phase::{CommandPhase, Next};
 use crate::postgres::errors::{ClientError, ClientNotice};
@@ -41,9 +43,10 @@ impl CommandPhase<'_> {
             tracing::debug!(error = %err, "client left while its last reply was written");
             return Next::End;
         }
-        let (facts, fatal) = {
+        let (facts, fatal, cause) = {
             let tracker = self.shared.lock();
-            (tracker.loss_facts(), tracker.fatal_code.clone())
+            let cause = loss_cause(lost, tracker.unsolicited_fatal.as_deref());
+            (tracker.loss_facts(), tracker.fatal_code.clone(), cause)
         };
         if let Some(code) = fatal {
             // The backend's own FATAL reached the client: the session ends, as it would have
@@ -54,7 +57,8 @@ impl CommandPhase<'_> {
             return Next::End;
         }
         let decision = heal::decide(facts, &mut &self.svc.replay_budget);
-        tracing::warn!(pool = %self.pool(), error = %lost, ?decision, ?facts, "backend connection lost");
+        let backend_pid = self.checkout.conn_ref().process_id;
+        tracing::warn!(pool = %self.pool(), client = self.client_id, cause, backend_pid, error = %lost, ?decision, ?facts, "backend connection lost");
         if !self.backend.ends_at_boundary() {
             if let Decision::Refuse(reason) = decision {
                 self.count_refusal(reason);
@@ -63,8 +67,8 @@ impl CommandPhase<'_> {
             return Next::End;
         }
         match decision {
-            Decision::Heal => self.heal().await,
-            Decision::Replay(reason) => self.replay(reason).await,
+            Decision::Heal => self.heal(cause, backend_pid).await,
+            Decision::Replay(reason) => self.replay(reason, backend_pid).await,
             Decision::Refuse(RefusalReason::TaintedSession) => {
                 self.count_refusal(RefusalReason::TaintedSession);
                 let notice = lost::fatal_notice(RefusalReason::TaintedSession);
@@ -81,7 +85,12 @@ impl CommandPhase<'_> {
     /// Nothing was in flight: a new backend, the state restored, nobody notices. If none can
     /// be had, the client is told when it next asks for something (so a client that stays
     /// quiet through an outage loses nothing).
-    async fn heal(&mut self) -> Next {
+    async fn heal(&mut self, cause: &'static str, lost_pid: i32) -> Next {
+        if IDLE_CLOSE_CAUSES.contains(&cause) {
+            self.svc.ops.record(EventKind::IdleClose, cause);
+            metrics::counter!("suture_backend_idle_closes_total", "pool" => self.pool().to_owned(), "cause" => cause)
+                .increment(1);
+        }
         let drop_to = self.shared.lock().ledger.accepted_end();
         self.restart_client_stream(drop_to);
         let mut waited = false;
@@ -103,13 +112,14 @@ impl CommandPhase<'_> {
         self.shared.lock().reset_requests(TxState::Idle);
         metrics::counter!("suture_session_heals_total", "pool" => self.pool().to_owned())
             .increment(1);
-        tracing::info!(pool = %self.pool(), "backend swapped under an idle session");
+        self.svc.ops.record(EventKind::Heal, cause);
+        tracing::info!(pool = %self.pool(), client = self.client_id, cause, backend_pid = lost_pid, new_backend_pid = self.checkout.conn_ref().process_id, "backend swapped under an idle session");
         Next::Resume
     }
 
     /// Sends the requests in flight again on a new backend: what the lost one had accepted
     /// (kept by the ledger) in front of what it never got.
-    async fn replay(&mut self, reason: ReplayReason) -> Next {
+    async fn replay(&mut self, reason: ReplayReason, lost_pid: i32) -> Next {
         let (again, drop_to, attempt) = {
             let mut tracker = self.shared.lock();
             tracker.replays += 1;
@@ -123,7 +133,8 @@ impl CommandPhase<'_> {
         }
         metrics::counter!("suture_replays_total", "pool" => self.pool().to_owned(), "reason" => reason.label())
             .increment(1);
-        tracing::info!(pool = %self.pool(), reason = reason.label(), attempt, "requests replayed on a new backend");
+        self.svc.ops.record(EventKind::Replay, reason.label());
+        tracing::info!(pool = %self.pool(), client = self.client_id, cause = reason.label(), backend_pid = lost_pid, attempt, "requests replayed on a new backend");
         tokio::time::sleep(replay_backoff(attempt)).await;
         if let Err(notice) = self.replace_backend().await {
             self.tell(Some(notice)).await;
@@ -272,5 +283,45 @@ impl CommandPhase<'_> {
             return;
         }
         send_notice(&mut self.client_write, &notice, self.limits.client_write).await;
+    }
+}
+
+/// The cause label of a lost backend, as `suture_backend_idle_closes_total` names them when the
+/// session was idle: an unsolicited FATAL (`57P05` is the server's idle timeout), a FIN, an
+/// RST; `error` for anything else (a failed health check, a timeout).
+fn loss_cause(lost: &WireError, unsolicited_fatal: Option<&str>) -> &'static str {
+    match (unsolicited_fatal, lost) {
+        (Some(crate::postgres::tracker::IDLE_SESSION_TIMEOUT), _) => "idle_timeout_notice",
+        (Some(_), _) => "server_error",
+        (None, WireError::Closed) => "fin",
+        (None, WireError::Io(err)) if is_reset(err) => "rst",
+        (None, _) => "error",
+    }
+}
+
+fn is_reset(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(err.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_of_a_loss() {
+        let rst = WireError::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(
+            loss_cause(&WireError::Closed, Some("57P05")),
+            "idle_timeout_notice"
+        );
+        assert_eq!(
+            loss_cause(&WireError::Closed, Some("57P01")),
+            "server_error"
+        );
+        assert_eq!(loss_cause(&WireError::Closed, None), "fin");
+        assert_eq!(loss_cause(&rst, None), "rst");
+        let timeout = WireError::Timeout(std::time::Duration::from_secs(1));
+        assert_eq!(loss_cause(&timeout, None), "error");
     }
 }

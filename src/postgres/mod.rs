@@ -11,6 +11,7 @@ mod command_phase;
 mod context;
 mod deadlines;
 mod discovery;
+mod drain;
 mod errors;
 mod loss;
 mod lost;
@@ -23,5 +24,5 @@ mod statement;
 mod tracker;
 mod wire;
 
-pub(crate) use context::PgService;
+pub(crate) use context::{PgKey, PgService, Shared as PgShared};
 pub(crate) use session::{refuse_at_cap, serve};

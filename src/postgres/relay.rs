@@ -101,6 +101,11 @@ pub(crate) struct ClientStream {
     pub(crate) streamed: Option<StreamedRequest>,
     /// Bytes at the front of the client buffer already walked and registered in the ledger.
     pub(crate) scanned: usize,
+    /// Bytes at the front of the client buffer that may be sent (a whole batch, a command),
+    /// and how many of them the backend already accepted: a relay dropped in the middle of a
+    /// write carries on from there when it is called again.
+    sendable: usize,
+    written: usize,
     /// The ledger offset of the first byte of the client buffer.
     pub(crate) base: u64,
     /// Bytes of the client's stream to drop before anything else: the rest of a message whose
@@ -116,6 +121,8 @@ impl ClientStream {
             scanner: Scanner::for_client(max_message_size).streaming_requests(),
             streamed: None,
             scanned: 0,
+            sendable: 0,
+            written: 0,
             base: 0,
             discard: 0,
             reservation: Reservation::new(budget),
@@ -127,6 +134,8 @@ impl ClientStream {
         self.scanner = Scanner::for_client(max_message_size).streaming_requests();
         self.streamed = None;
         self.scanned = 0;
+        self.sendable = 0;
+        self.written = 0;
         self.base = 0;
     }
 
@@ -206,8 +215,6 @@ where
             cbuf.advance(n);
             stream.discard -= n;
         }
-        // cbuf[..flush_to] may be sent.
-        let mut flush_to = 0;
         let mut terminate_at = None;
         if stream.discard == 0 {
             loop {
@@ -218,7 +225,7 @@ where
                             break;
                         }
                         if note_client_message(tag, &cbuf[start..end], &mut shared.lock()) {
-                            flush_to = end;
+                            stream.sendable = end;
                         }
                         stream.scanned = end;
                     }
@@ -238,7 +245,7 @@ where
                             );
                         }
                         stream.scanned = end;
-                        flush_to = end;
+                        stream.sendable = end;
                     }
                     Ok(Step::NeedMore) => break,
                     Err(err) => return RelayEnd::ClientProtocol(err),
@@ -246,21 +253,16 @@ where
             }
         }
         if let Some(at) = terminate_at {
-            if at > 0 {
-                let sent = send_requests(backend, &cbuf[..at], probe, shared, limits.backend_write);
-                if let Err(err) = sent.await {
-                    return RelayEnd::BackendGone(err);
-                }
-            }
-            return RelayEnd::ClientTerminated;
+            stream.sendable = stream.sendable.max(at);
         }
         if stream.scanned > MAX_HELD_BATCH {
-            flush_to = stream.scanned;
+            stream.sendable = stream.scanned;
         }
-        if flush_to > 0 {
+        if stream.sendable > 0 {
             let sent = send_requests(
                 backend,
-                &cbuf[..flush_to],
+                &cbuf[..stream.sendable],
+                &mut stream.written,
                 probe,
                 shared,
                 limits.backend_write,
@@ -268,9 +270,14 @@ where
             if let Err(err) = sent.await {
                 return RelayEnd::BackendGone(err);
             }
-            cbuf.advance(flush_to);
-            stream.base += flush_to as u64;
-            stream.scanned -= flush_to;
+            let sent = std::mem::take(&mut stream.sendable);
+            stream.written = 0;
+            cbuf.advance(sent);
+            stream.base += sent as u64;
+            stream.scanned -= sent;
+        }
+        if terminate_at.is_some() {
+            return RelayEnd::ClientTerminated;
         }
         stream.shrink(cbuf);
         if !stream.cover(cbuf) {
@@ -313,17 +320,20 @@ where
     }
 }
 
-/// Sends requests to the backend. Before the first write after the backend was idle, a
-/// non-blocking peek checks it is still there (DESIGN §5 pre-write check): a FIN or RST seen
-/// then means the request was never sent. Every byte the kernel accepts is counted (§3 rule 2).
+/// Sends `bytes[*written..]` to the backend, counting in `written` (and in the ledger) every
+/// byte the kernel accepts, as it accepts it (§3 rule 2): a call dropped in the middle carries
+/// on where it stopped. Before the first write after the backend was idle, a non-blocking peek
+/// checks it is still there (DESIGN §5 pre-write check): a FIN or RST seen then means the
+/// request was never sent.
 async fn send_requests<B: AsyncWrite + Unpin>(
     backend: &mut B,
     bytes: &[u8],
+    written: &mut usize,
     probe: &Probe,
     shared: &Shared,
     limit: Duration,
 ) -> Result<(), WireError> {
-    if shared.lock().wants_pre_write_check(PRE_WRITE_CHECK_AFTER) {
+    if *written == 0 && shared.lock().wants_pre_write_check(PRE_WRITE_CHECK_AFTER) {
         // Bytes waiting on an idle backend are read by the other direction first: an
         // unsolicited FATAL (57P01, 57P05) then ends the relay before this request is written,
         // so it can go to a new backend. Both directions run in one task, so yielding lets it.
@@ -340,26 +350,27 @@ async fn send_requests<B: AsyncWrite + Unpin>(
         }
     }
     shared.lock().ledger.write_attempted();
-    write_tracked(backend, bytes, shared, limit).await
+    write_tracked(backend, bytes, written, shared, limit).await
 }
 
-/// Writes `bytes` to the backend, counting every byte the kernel accepted. The time limit
-/// applies to each write: a backend that keeps reading, however slowly, is not cut off.
+/// Writes `bytes[*written..]` to the backend, counting every byte the kernel accepted. The time
+/// limit applies to each write: a backend that keeps reading, however slowly, is not cut off.
 async fn write_tracked<B: AsyncWrite + Unpin>(
     backend: &mut B,
-    mut bytes: &[u8],
+    bytes: &[u8],
+    written: &mut usize,
     shared: &Shared,
     limit: Duration,
 ) -> Result<(), WireError> {
-    while !bytes.is_empty() {
-        let n = match within(limit, backend.write(bytes)).await {
+    while *written < bytes.len() {
+        let n = match within(limit, backend.write(&bytes[*written..])).await {
             Some(Ok(0)) => return Err(WireError::Closed),
             Some(Ok(n)) => n,
             Some(Err(err)) => return Err(WireError::Io(err)),
             None => return Err(WireError::StoppedReading(limit)),
         };
+        *written += n;
         shared.lock().accepted(n);
-        bytes = &bytes[n..];
     }
     match within(limit, backend.flush()).await {
         Some(result) => result.map_err(WireError::Io),

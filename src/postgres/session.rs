@@ -23,8 +23,9 @@ use crate::postgres::wire;
 use crate::session::ledger::TxState;
 
 /// Serves one client connection until it ends. Never panics on client input; every error is
-/// reported to the client where the protocol allows and logged.
-pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream) {
+/// reported to the client where the protocol allows and logged. `client_id` names the session
+/// in logs.
+pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream, client_id: u64) {
     let mut buf = BytesMut::with_capacity(1024);
     let login_limit = svc.config.timeouts.client_login;
     let login = match tokio::time::timeout(
@@ -65,8 +66,8 @@ pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream) {
         return;
     }
     metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "accepted").increment(1);
-    tracing::debug!(user = %login.user, database = %login.database, backend_pid = conn.process_id, "session started");
-    command_phase::run(&svc, stream, buf, checkout, &login, &cancel).await;
+    tracing::debug!(client = client_id, user = %login.user, database = %login.database, backend_pid = conn.process_id, "session started");
+    command_phase::run(&svc, stream, buf, checkout, &login, &cancel, client_id).await;
 }
 
 /// A client over `max_client_connections` is answered as PostgreSQL answers it: after the SSL

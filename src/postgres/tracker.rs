@@ -65,6 +65,8 @@ pub(crate) struct Tracker {
     /// When the backend last answered every request sent to it (None: not since this backend
     /// took over). The pre-write check runs only after it has been idle a while.
     pub(crate) answered_at: Option<Instant>,
+    /// Where each completed request's latency goes (`suture_request_duration_seconds`).
+    pub(crate) request_duration: metrics::Histogram,
 }
 
 impl Default for Tracker {
@@ -84,6 +86,7 @@ impl Default for Tracker {
             unsolicited_fatal: None,
             replays: 0,
             answered_at: None,
+            request_duration: metrics::Histogram::noop(),
         }
     }
 }
@@ -178,6 +181,10 @@ impl Tracker {
     /// transaction block (inside one it would depend on the COMMIT: not tracked, so treated as
     /// lost state).
     pub(crate) fn completed(&mut self, done: Completed<Note>) {
+        // The one clock read at a request's end; it also stamps `answered_at` below.
+        let now = Instant::now();
+        self.request_duration
+            .record(now.saturating_duration_since(done.started).as_secs_f64());
         if let (Some(op), false) = (done.note, done.errored) {
             if done.tx_after == TxState::Idle {
                 if matches!(op, StateOp::DeallocateAll | StateOp::DiscardAll) {
@@ -194,7 +201,7 @@ impl Tracker {
         if self.ledger.is_empty() {
             self.pending_parses.clear();
             self.replays = 0;
-            self.answered_at = Some(Instant::now());
+            self.answered_at = Some(now);
         }
     }
 

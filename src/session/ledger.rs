@@ -14,6 +14,7 @@
 //! every byte the backend's socket accepted.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 
@@ -116,6 +117,8 @@ struct Request<N> {
     errored: bool,
     /// Sent while the backend ignores everything up to the next Sync: it gets no reply.
     skipped: bool,
+    /// When its first byte was read (for `suture_request_duration_seconds`).
+    started: Instant,
     note: N,
 }
 
@@ -133,6 +136,8 @@ pub(crate) struct Completed<N> {
     pub(crate) errored: bool,
     /// The transaction state after it.
     pub(crate) tx_after: TxState,
+    /// When its first byte was read.
+    pub(crate) started: Instant,
 }
 
 /// What healing needs to know about one request in flight, oldest first.
@@ -228,6 +233,7 @@ impl<N> Ledger<N> {
                 retained: true,
                 errored: false,
                 skipped: false,
+                started: Instant::now(),
                 note: note(),
             });
         }
@@ -437,6 +443,7 @@ impl<N> Ledger<N> {
             note: front.note,
             errored: front.errored,
             tx_after,
+            started: front.started,
         });
     }
 

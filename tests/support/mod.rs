@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub(crate) mod fault_relay;
+pub(crate) mod http;
 pub(crate) mod mariadb_server;
 pub(crate) mod pg_server;
 pub(crate) mod raw_client;

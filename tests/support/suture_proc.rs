@@ -17,6 +17,7 @@ pub(crate) struct SutureProc {
     child: Child,
     dir: TempDir,
     listen_port: u16,
+    admin_port: Option<u16>,
 }
 
 impl SutureProc {
@@ -64,6 +65,7 @@ impl SutureProc {
             child,
             dir,
             listen_port,
+            admin_port: admin_listen_port(config_toml),
         };
         proc.wait_listening(Duration::from_secs(10)).await?;
         Ok((proc, pipe))
@@ -99,6 +101,42 @@ impl SutureProc {
     /// The first pool's listen port.
     pub(crate) fn port(&self) -> u16 {
         self.listen_port
+    }
+
+    /// The admin port (`[admin] listen`).
+    pub(crate) fn admin_port(&self) -> u16 {
+        self.admin_port
+            .unwrap_or_else(|| panic!("the config has no [admin] listen"))
+    }
+
+    /// The config file the process was started with (rewrite it, then SIGHUP).
+    pub(crate) fn config_path(&self) -> PathBuf {
+        self.dir.path().join("suture.toml")
+    }
+
+    /// Sends a signal (`"TERM"`, `"INT"`, `"HUP"`) with kill(1).
+    pub(crate) fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill -{name} failed: {status}");
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code (`None`: killed by a signal).
+    pub(crate) async fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<Option<i32>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() >= deadline {
+                bail!("suture did not exit within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// OS process id (for /proc/PID/status).
@@ -144,6 +182,26 @@ impl Drop for SutureProc {
             eprintln!("---- suture log ----\n{}", self.log_contents());
         }
     }
+}
+
+/// Finds `listen = "...:PORT"` inside `[admin]`.
+fn admin_listen_port(config: &str) -> Option<u16> {
+    let mut in_admin = false;
+    for line in config.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_admin = line == "[admin]";
+            continue;
+        }
+        match line.split_once('=') {
+            Some((key, value)) if in_admin && key.trim() == "listen" => {
+                let value = value.split('#').next()?.trim().trim_matches('"');
+                return value.rsplit_once(':')?.1.parse().ok();
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Finds `listen = "...:PORT"` inside the first `[pools.*]` section.

@@ -1,0 +1,58 @@
+//! A session during shutdown (DESIGN §7): once the drain starts, the client is closed with
+//! FATAL 57P01 as soon as it is at rest — no request in flight, no transaction open, nothing
+//! half sent either way. Until then its requests and its open transaction may finish.
+
+use std::time::Duration;
+
+use crate::ops::lifecycle::DrainSignal;
+use crate::postgres::command_phase::{CommandPhase, Next};
+use crate::postgres::errors::ClientNotice;
+use crate::postgres::relay::RelayEnd;
+use crate::postgres::session::send_notice;
+use crate::session::ledger::TxState;
+
+/// How often a busy session looks again whether it is at rest, while draining.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+impl CommandPhase<'_> {
+    /// Relays until one side ends (`Some`), or until the session should look whether it can
+    /// close: the drain just started, or, while draining, every [`DRAIN_POLL`] (`None`).
+    /// Dropping the relay there is safe: everything it must not lose lives in the session.
+    pub(super) async fn relay_or_drain(&mut self, drain: &mut DrainSignal) -> Option<RelayEnd> {
+        if drain.started() {
+            tokio::select! {
+                biased;
+                end = self.relay() => Some(end),
+                () = tokio::time::sleep(DRAIN_POLL) => None,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                end = self.relay() => Some(end),
+                () = drain.wait() => None,
+            }
+        }
+    }
+
+    /// Closes the client with FATAL 57P01 if the session is at rest; else it carries on.
+    pub(super) async fn close_if_at_rest(&mut self) -> Next {
+        let at_rest = {
+            let tracker = self.shared.lock();
+            tracker.ledger.is_empty() && tracker.ledger.tx() == TxState::Idle
+        } && self.cbuf.is_empty()
+            && self.backend.pending == 0
+            && self.boundary.at_boundary();
+        if !at_rest {
+            return Next::Resume;
+        }
+        let notice = ClientNotice {
+            severity: "FATAL",
+            code: "57P01".to_owned(),
+            message: "terminating connection because Suture is shutting down".to_owned(),
+            detail: None,
+        };
+        send_notice(&mut self.client_write, &notice, self.limits.client_write).await;
+        tracing::info!(pool = %self.pool(), client = self.client_id, "idle client closed for shutdown");
+        Next::End
+    }
+}
