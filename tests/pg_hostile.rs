@@ -128,27 +128,30 @@ async fn a_stalled_log_reader_never_stalls_a_session() -> anyhow::Result<()> {
     let port = suture.port();
     let probe = support::rig::connect_watched(&dsn_for(port, "app", "app-secret", "app")).await?;
     let stop = Arc::new(AtomicBool::new(false));
+    // Enough short sessions (two debug lines each) to fill the log queue (4,096 lines) and
+    // the pipe several times over, however slow the machine.
+    const FLOOD_SESSIONS: u64 = 6_000;
+    let sessions = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut flood = Vec::new();
     for _ in 0..8 {
         let stop = Arc::clone(&stop);
+        let sessions = Arc::clone(&sessions);
         flood.push(tokio::spawn(async move {
             let dsn = dsn_for(port, "md5user", "md5-secret", "app");
-            let mut n = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(Ok((client, conn))) =
                     tokio::time::timeout(STEP, tokio_postgres::connect(&dsn, NoTls)).await
                 {
                     tokio::spawn(conn);
                     let _ = client.simple_query("SELECT 1").await;
-                    n += 1;
+                    sessions.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            n
         }));
     }
     let mut worst = Duration::ZERO;
-    let until = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < until {
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until && sessions.load(Ordering::Relaxed) < FLOOD_SESSIONS {
         let started = Instant::now();
         let got = tokio::time::timeout(
             Duration::from_secs(10),
@@ -164,14 +167,14 @@ async fn a_stalled_log_reader_never_stalls_a_session() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let mut sessions = 0;
     for task in flood {
-        sessions += task.await?;
+        task.await?;
     }
+    let sessions = sessions.load(Ordering::Relaxed);
     eprintln!("{sessions} flood sessions; another session's worst SELECT 1: {worst:?}");
     ensure!(
-        sessions > 100,
-        "only {sessions} flood sessions: the log did not fill"
+        sessions >= FLOOD_SESSIONS,
+        "only {sessions} flood sessions in 30 s: the log may not have filled"
     );
     ensure!(
         worst < Duration::from_secs(1),
