@@ -160,7 +160,8 @@ impl Setup {
     /// Whether messages with this tag are streamed when large and incomplete.
     fn streamable(&self, tag: u8) -> bool {
         self.exempt(tag)
-            || matches!(self.kind, Kind::ClientStreaming) && matches!(tag, b'Q' | b'P' | b'B' | b'F')
+            || matches!(self.kind, Kind::ClientStreaming)
+                && matches!(tag, b'Q' | b'P' | b'B' | b'F')
     }
 
     fn read_byte(&self, round: usize) -> u8 {
