@@ -1,19 +1,34 @@
 //! MySQL and MariaDB client/server protocol (protocol 4.1): packet framing and logical packets,
-//! length-encoded values, and the command-phase [`Scanner`].
+//! length-encoded values, the command-phase [`Scanner`], and the generic OK / ERR / EOF packets
+//! with session tracking, prepared-statement replies and statement ids.
 //!
 //! References: <https://dev.mysql.com/doc/dev/mysql-server/latest/PAGE_PROTOCOL.html> and
 //! <https://mariadb.com/kb/en/clientserver-protocol/>.
 
 mod frame;
 mod lenenc;
+mod packets;
 mod scanner;
+mod session_track;
+
+#[cfg(test)]
+mod packets_tests;
 
 pub use frame::{
     encode_packet, parse_header, split_logical_packet, split_packet, LogicalPacket, Packet,
     PacketHeader, HEADER_LEN, MAX_PAYLOAD_LEN,
 };
 pub use lenenc::{
-    lenenc_int_len, parse_lenenc_int, parse_lenenc_str, put_lenenc_int, put_lenenc_str,
-    NULL_MARKER,
+    lenenc_int_len, parse_lenenc_int, parse_lenenc_str, put_lenenc_int, put_lenenc_str, NULL_MARKER,
+};
+pub use packets::{
+    capability, command, command_text, encode_eof, encode_err, encode_ok, encode_prepare_ok,
+    error_code, execute_flags, has_statement_id, is_eof_packet, is_result_terminator,
+    is_unsolicited_err, parse_eof, parse_err, parse_ok, parse_prepare_ok, set_statement_id,
+    statement_id, status, strip_session_track, terminator_status, EofPacket, ErrPacket, OkPacket,
+    PrepareOk, CURSOR_TYPE_READ_ONLY, EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER,
 };
 pub use scanner::{Part, Scanner, Step, DEFAULT_STREAM_THRESHOLD, PEEK_LEN};
+pub use session_track::{
+    put_session_change, session_changes, track, SessionChange, SessionChanges,
+};
