@@ -1,22 +1,37 @@
-//! MySQL and MariaDB client/server protocol (protocol 4.1): packet framing and logical packets,
-//! length-encoded values, the command-phase [`Scanner`], and the generic OK / ERR / EOF packets
+//! MySQL and MariaDB client/server protocol (protocol 4.1, HandshakeV10): packet framing and
+//! logical packets, length-encoded values, the command-phase [`Scanner`], the handshake and
+//! authentication packets, and the generic OK / ERR / EOF packets
 //! with session tracking, prepared-statement replies and statement ids.
 //!
 //! References: <https://dev.mysql.com/doc/dev/mysql-server/latest/PAGE_PROTOCOL.html> and
 //! <https://mariadb.com/kb/en/clientserver-protocol/>.
 
+mod auth;
 mod frame;
+mod handshake;
 mod lenenc;
 mod packets;
 mod scanner;
 mod session_track;
 
 #[cfg(test)]
+mod handshake_tests;
+#[cfg(test)]
 mod packets_tests;
 
+pub use auth::{
+    caching_sha2, encode_auth_data, encode_auth_more_data, encode_auth_switch_request,
+    encode_change_user, parse_auth_packet, parse_change_user, AuthPacket, AuthSwitchRequest,
+    ChangeUser, AUTH_MORE_DATA_HEADER, CACHING_SHA2_PASSWORD, MYSQL_NATIVE_PASSWORD,
+};
 pub use frame::{
     encode_packet, parse_header, split_logical_packet, split_packet, LogicalPacket, Packet,
     PacketHeader, HEADER_LEN, MAX_PAYLOAD_LEN,
+};
+pub use handshake::{
+    encode_handshake_response, encode_handshake_v10, encode_ssl_request, parse_client_handshake,
+    parse_handshake_v10, ClientHandshake, HandshakeResponse41, HandshakeV10, SslRequest,
+    MARIADB_VERSION_PREFIX, PROTOCOL_VERSION_10, SSL_REQUEST_LEN,
 };
 pub use lenenc::{
     lenenc_int_len, parse_lenenc_int, parse_lenenc_str, put_lenenc_int, put_lenenc_str, NULL_MARKER,
