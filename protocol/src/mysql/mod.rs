@@ -1,7 +1,7 @@
 //! MySQL and MariaDB client/server protocol (protocol 4.1, HandshakeV10): packet framing and
-//! logical packets, length-encoded values, the command-phase [`Scanner`], the handshake and
-//! authentication packets, and the generic OK / ERR / EOF packets
-//! with session tracking, prepared-statement replies and statement ids.
+//! logical packets, the command-phase [`Scanner`], the handshake and authentication packets,
+//! the generic OK / ERR / EOF packets with session tracking, prepared-statement replies and
+//! statement ids, and [`Reply`], which tells when a command's reply is complete.
 //!
 //! References: <https://dev.mysql.com/doc/dev/mysql-server/latest/PAGE_PROTOCOL.html> and
 //! <https://mariadb.com/kb/en/clientserver-protocol/>.
@@ -11,6 +11,7 @@ mod frame;
 mod handshake;
 mod lenenc;
 mod packets;
+mod reply;
 mod scanner;
 mod session_track;
 
@@ -18,6 +19,10 @@ mod session_track;
 mod handshake_tests;
 #[cfg(test)]
 mod packets_tests;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod reply_tests;
 
 pub use auth::{
     caching_sha2, encode_auth_data, encode_auth_more_data, encode_auth_switch_request,
@@ -43,6 +48,7 @@ pub use packets::{
     statement_id, status, strip_session_track, terminator_status, EofPacket, ErrPacket, OkPacket,
     PrepareOk, CURSOR_TYPE_READ_ONLY, EOF_HEADER, ERR_HEADER, LOCAL_INFILE_HEADER, OK_HEADER,
 };
+pub use reply::{reply_shape, Next, PacketKind, Reply, ReplyEnd, ReplyOptions, ReplyShape, Seen};
 pub use scanner::{Part, Scanner, Step, DEFAULT_STREAM_THRESHOLD, PEEK_LEN};
 pub use session_track::{
     put_session_change, session_changes, track, SessionChange, SessionChanges,
