@@ -367,7 +367,8 @@ impl ErrPacket<'_> {
 }
 
 /// Parses an ERR packet. The SQLSTATE is read when `caps` has CLIENT_PROTOCOL_41 and the `#`
-/// marker is there (a server may send an ERR before the capabilities are agreed on).
+/// marker is there (a server may send an ERR before the capabilities are agreed on); it must be
+/// ASCII.
 pub fn parse_err(payload: &[u8], caps: u64) -> Result<ErrPacket<'_>, ProtocolError> {
     let mut r = Reader::new(payload);
     if r.u8("empty ERR packet")? != ERR_HEADER {
@@ -378,6 +379,10 @@ pub fn parse_err(payload: &[u8], caps: u64) -> Result<ErrPacket<'_>, ProtocolErr
     if has(caps, capability::CLIENT_PROTOCOL_41) && payload.get(3) == Some(&b'#') {
         r.take(1, "ERR packet SQLSTATE marker")?;
         let s = r.take(5, "ERR packet SQLSTATE shorter than 5 bytes")?;
+        // SQLSTATEs are five ASCII characters; anything else could not be sent on as one.
+        if !s.is_ascii() {
+            return Err(ProtocolError::Malformed("ERR packet SQLSTATE is not ASCII"));
+        }
         sql_state = Some([s[0], s[1], s[2], s[3], s[4]]);
     }
     Ok(ErrPacket {

@@ -204,6 +204,12 @@ fn golden_err_packet() {
     for bad in [&b""[..], b"\xfe\x01\x02", b"\xff\x01", b"\xff\x01\x02#HY0"] {
         assert!(parse_err(bad, P41).is_err(), "{bad:?}");
     }
+    // Found by fuzz/mysql_handshake: a SQLSTATE of non-ASCII bytes could not be sent on as one
+    // (it re-encoded as HY000); it is refused.
+    assert_eq!(
+        parse_err(b"\xff\x48\x04#CY\x00\xa200No ", P41),
+        Err(ProtocolError::Malformed("ERR packet SQLSTATE is not ASCII"))
+    );
     assert!(encode_err(1, "HY00", b"", P41, 0, &mut buf).is_err());
     assert!(encode_err(1, "HY00\u{e9}", b"", P41, 0, &mut buf).is_err());
 }
