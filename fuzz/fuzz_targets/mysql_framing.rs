@@ -62,14 +62,30 @@ fuzz_target!(|data: &[u8]| {
     };
     let whole = run(&setup, &input, false);
     let pieces = run(&setup, &input, true);
-    assert_eq!(pieces.error, whole.error, "error differs when read in pieces");
+    assert_eq!(
+        pieces.error, whole.error,
+        "error differs when read in pieces"
+    );
     assert_eq!(pieces.delivered, whole.delivered, "bytes returned differ");
-    let key = |t: &Trace| t.packets.iter().map(|p| (p.seq, p.start, p.len, p.part)).collect::<Vec<_>>();
+    let key = |t: &Trace| {
+        t.packets
+            .iter()
+            .map(|p| (p.seq, p.start, p.len, p.part))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(key(&pieces), key(&whole), "packets differ");
     if let Some(truth) = truth {
         assert_eq!(whole.error, None, "a valid stream was refused");
-        assert_eq!(whole.delivered, input.len(), "a valid stream was not returned whole");
-        let got: Vec<_> = whole.packets.iter().map(|p| (p.seq, p.start, p.len)).collect();
+        assert_eq!(
+            whole.delivered,
+            input.len(),
+            "a valid stream was not returned whole"
+        );
+        let got: Vec<_> = whole
+            .packets
+            .iter()
+            .map(|p| (p.seq, p.start, p.len))
+            .collect();
         assert_eq!(got, truth, "the packets of a valid stream");
     }
     check_reply(&setup, &input, &whole);
@@ -125,7 +141,10 @@ impl Setup {
             Kind::Threshold => Scanner::with_stream_threshold(self.max, self.threshold),
             Kind::Whole => Scanner::without_streaming(self.max),
         };
-        assert_eq!((s.max_packet_size(), s.stream_threshold()), (self.max, self.threshold));
+        assert_eq!(
+            (s.max_packet_size(), s.stream_threshold()),
+            (self.max, self.threshold)
+        );
         s
     }
 
@@ -137,7 +156,10 @@ impl Setup {
 /// The header at `buf[pos..]`: (payload length, seq).
 fn header(buf: &[u8], pos: usize) -> Option<(usize, u8)> {
     let h = buf.get(pos..pos + HEADER_LEN)?;
-    Some((usize::from(h[0]) | usize::from(h[1]) << 8 | usize::from(h[2]) << 16, h[3]))
+    Some((
+        usize::from(h[0]) | usize::from(h[1]) << 8 | usize::from(h[2]) << 16,
+        h[3],
+    ))
 }
 
 /// `parse_header`, `split_packet` and `split_logical_packet` over the raw stream.
@@ -145,7 +167,9 @@ fn check_split(stream: &[u8], max: usize) {
     let expected = header(stream, 0).map(|(len, seq)| (len, seq));
     match (mysql::parse_header(stream, max), expected) {
         (Ok(None), None) => {}
-        (Ok(Some(h)), Some((len, seq))) => assert!(h.payload_len == len && h.seq == seq && len <= max),
+        (Ok(Some(h)), Some((len, seq))) => {
+            assert!(h.payload_len == len && h.seq == seq && len <= max)
+        }
         (Err(ProtocolError::MessageTooLarge { len, max: m }), Some((l, _))) => {
             assert!(len == l && m == max && l > max)
         }
@@ -158,7 +182,10 @@ fn check_split(stream: &[u8], max: usize) {
         match mysql::split_packet(&mut buf, max) {
             Ok(Some(p)) => {
                 assert!(p.payload.len() <= max);
-                assert_eq!(&p.payload[..], &stream[offset + HEADER_LEN..offset + HEADER_LEN + p.payload.len()]);
+                assert_eq!(
+                    &p.payload[..],
+                    &stream[offset + HEADER_LEN..offset + HEADER_LEN + p.payload.len()]
+                );
                 offset += HEADER_LEN + p.payload.len();
                 assert_eq!(buf.len(), stream.len() - offset);
             }
@@ -175,7 +202,10 @@ fn check_split(stream: &[u8], max: usize) {
         let consumed = stream.len() - offset - buf.len();
         let parts = consumed - p.payload.len();
         assert_eq!(parts % HEADER_LEN, 0);
-        assert_eq!(p.last_seq, p.seq.wrapping_add((parts / HEADER_LEN - 1) as u8));
+        assert_eq!(
+            p.last_seq,
+            p.seq.wrapping_add((parts / HEADER_LEN - 1) as u8)
+        );
         offset += consumed;
     }
 }
@@ -239,21 +269,41 @@ fn run(setup: &Setup, input: &[u8], in_pieces: bool) -> Trace {
             assert_eq!(scanner.in_packet(), left > 0);
             assert_eq!(scanner.remaining(), left);
             assert_eq!(scanner.in_logical_packet(), continued.is_some());
-            assert_eq!(scanner.clone().next(&buf, buf.len() + 1), Ok(Step::NeedMore));
+            assert_eq!(
+                scanner.clone().next(&buf, buf.len() + 1),
+                Ok(Step::NeedMore)
+            );
             let avail = buf.len() - pos;
             match scanner.next(&buf, pos) {
-                Ok(Step::Message { seq, part, start, end }) => {
+                Ok(Step::Message {
+                    seq,
+                    part,
+                    start,
+                    end,
+                }) => {
                     assert_eq!((left, start), (0, pos));
                     let (len, hseq) = header(&buf, start).expect("a message without a header");
                     assert_eq!((hseq, end - start), (seq, HEADER_LEN + len));
                     assert!(len <= setup.max, "a Message over the limit");
                     assert_eq!(part, Part::new(continued.is_some(), len == MAX_PAYLOAD_LEN));
                     continued = (len == MAX_PAYLOAD_LEN).then_some(seq);
-                    trace.packets.push(Seen { seq, start: base + start, len: end - start, part, whole: true });
+                    trace.packets.push(Seen {
+                        seq,
+                        start: base + start,
+                        len: end - start,
+                        part,
+                        whole: true,
+                    });
                     trace.delivered += end - start;
                     pos = end;
                 }
-                Ok(Step::Passthrough { seq, part, start, end, first }) => {
+                Ok(Step::Passthrough {
+                    seq,
+                    part,
+                    start,
+                    end,
+                    first,
+                }) => {
                     assert_eq!(start, pos);
                     assert!(end > start && end <= buf.len());
                     assert!(setup.streams(), "streamed without streaming");
@@ -263,12 +313,21 @@ fn run(setup: &Setup, input: &[u8], in_pieces: bool) -> Trace {
                         assert_eq!(hseq, seq);
                         let total = HEADER_LEN + len;
                         assert!(len > setup.max || (avail < total && len > setup.threshold));
-                        assert!(end - start >= HEADER_LEN + len.min(PEEK_LEN), "first piece too short");
+                        assert!(
+                            end - start >= HEADER_LEN + len.min(PEEK_LEN),
+                            "first piece too short"
+                        );
                         assert_eq!(end - start, avail.min(total));
                         assert_eq!(part, Part::new(continued.is_some(), len == MAX_PAYLOAD_LEN));
                         continued = (len == MAX_PAYLOAD_LEN).then_some(seq);
                         left = total - (end - start);
-                        trace.packets.push(Seen { seq, start: base + start, len: total, part, whole: false });
+                        trace.packets.push(Seen {
+                            seq,
+                            start: base + start,
+                            len: total,
+                            part,
+                            whole: false,
+                        });
                     } else {
                         assert_eq!(end - start, avail.min(left));
                         left -= end - start;
@@ -277,7 +336,10 @@ fn run(setup: &Setup, input: &[u8], in_pieces: bool) -> Trace {
                     pos = end;
                 }
                 Ok(Step::NeedMore) => {
-                    assert!(avail == 0 || left == 0, "NeedMore with streamed bytes at hand");
+                    assert!(
+                        avail == 0 || left == 0,
+                        "NeedMore with streamed bytes at hand"
+                    );
                     if let Some((len, seq)) = header(&buf, pos) {
                         if let Some(prev) = continued {
                             assert_eq!(seq, prev.wrapping_add(1), "NeedMore on a bad continuation");
@@ -299,8 +361,14 @@ fn run(setup: &Setup, input: &[u8], in_pieces: bool) -> Trace {
                             got: seq,
                         },
                         _ => {
-                            assert!(!setup.streams() && len > setup.max, "unexpected error {e:?}");
-                            ProtocolError::MessageTooLarge { len, max: setup.max }
+                            assert!(
+                                !setup.streams() && len > setup.max,
+                                "unexpected error {e:?}"
+                            );
+                            ProtocolError::MessageTooLarge {
+                                len,
+                                max: setup.max,
+                            }
                         }
                     };
                     assert_eq!(e, expected);
@@ -325,7 +393,9 @@ fn run(setup: &Setup, input: &[u8], in_pieces: bool) -> Trace {
 /// backend relay would, and checks it stays consistent.
 fn check_reply(setup: &Setup, input: &[u8], trace: &Trace) {
     let request = [setup.command, 1, 0, 0, 0, setup.reads[0] & 1];
-    let opts = ReplyOptions::from_capabilities(u64::from(setup.reads[1]) << 24 | u64::from(setup.reads[2]) << 32);
+    let opts = ReplyOptions::from_capabilities(
+        u64::from(setup.reads[1]) << 24 | u64::from(setup.reads[2]) << 32,
+    );
     let Ok(mut reply) = Reply::new(&request, 1, opts) else {
         return;
     };

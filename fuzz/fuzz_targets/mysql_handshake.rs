@@ -78,7 +78,11 @@ fn ok(payload: &[u8], caps: u64) {
     };
     let mut buf = BytesMut::new();
     mysql::encode_ok(&ok, caps, 2, &mut buf).expect("a parsed OK encodes");
-    assert_eq!(mysql::parse_ok(framed(&buf, 2), caps), Ok(ok), "OK round trip");
+    assert_eq!(
+        mysql::parse_ok(framed(&buf, 2), caps),
+        Ok(ok),
+        "OK round trip"
+    );
     if let Some(state) = ok.session_state {
         for change in mysql::session_changes(state) {
             let Ok(change) = change else { break };
@@ -93,8 +97,14 @@ fn ok(payload: &[u8], caps: u64) {
     if mysql::strip_session_track(payload, caps, client_caps, 3, &mut buf).is_ok() {
         let stripped = mysql::parse_ok(framed(&buf, 3), client_caps).expect("stripped OK parses");
         assert_eq!(stripped.session_state, None);
-        assert_eq!(stripped.status & mysql::status::SERVER_SESSION_STATE_CHANGED, 0);
-        assert_eq!((stripped.affected_rows, stripped.last_insert_id), (ok.affected_rows, ok.last_insert_id));
+        assert_eq!(
+            stripped.status & mysql::status::SERVER_SESSION_STATE_CHANGED,
+            0
+        );
+        assert_eq!(
+            (stripped.affected_rows, stripped.last_insert_id),
+            (ok.affected_rows, ok.last_insert_id)
+        );
     }
 }
 
@@ -104,10 +114,21 @@ fn err(payload: &[u8], caps: u64) {
     };
     let _ = err.message_lossy();
     let mut buf = BytesMut::new();
-    mysql::encode_err(err.code, err.sql_state_str(), err.message, caps, 1, &mut buf)
-        .expect("a parsed ERR encodes");
+    mysql::encode_err(
+        err.code,
+        err.sql_state_str(),
+        err.message,
+        caps,
+        1,
+        &mut buf,
+    )
+    .expect("a parsed ERR encodes");
     let again = mysql::parse_err(framed(&buf, 1), caps).expect("re-encoded ERR");
-    assert_eq!((again.code, again.message), (err.code, err.message), "ERR round trip");
+    assert_eq!(
+        (again.code, again.message),
+        (err.code, err.message),
+        "ERR round trip"
+    );
     if err.sql_state.is_some() {
         assert_eq!(again.sql_state, err.sql_state);
     }
@@ -131,20 +152,30 @@ fn others(payload: &[u8], caps: u64) {
             let mut buf = BytesMut::new();
             mysql::encode_auth_switch_request(s.plugin_name, s.plugin_data, 2, &mut buf)
                 .expect("a parsed switch encodes");
-            assert_eq!(mysql::parse_auth_packet(framed(&buf, 2), caps), Ok(AuthPacket::Switch(s)));
+            assert_eq!(
+                mysql::parse_auth_packet(framed(&buf, 2), caps),
+                Ok(AuthPacket::Switch(s))
+            );
             let _ = s.scramble();
         }
         Ok(AuthPacket::MoreData(d)) => {
             let mut buf = BytesMut::new();
             mysql::encode_auth_more_data(d, 3, &mut buf).expect("more data encodes");
-            assert_eq!(mysql::parse_auth_packet(framed(&buf, 3), caps), Ok(AuthPacket::MoreData(d)));
+            assert_eq!(
+                mysql::parse_auth_packet(framed(&buf, 3), caps),
+                Ok(AuthPacket::MoreData(d))
+            );
         }
         _ => {}
     }
     if let Ok(cu) = mysql::parse_change_user(payload, caps) {
         let mut buf = BytesMut::new();
         if mysql::encode_change_user(&cu, caps, &mut buf).is_ok() {
-            assert_eq!(mysql::parse_change_user(framed(&buf, 0), caps), Ok(cu), "COM_CHANGE_USER round trip");
+            assert_eq!(
+                mysql::parse_change_user(framed(&buf, 0), caps),
+                Ok(cu),
+                "COM_CHANGE_USER round trip"
+            );
         }
     }
     if let Ok(id) = mysql::statement_id(payload) {
