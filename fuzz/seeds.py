@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Writes the hand-made seed corpora of the fuzz targets: fuzz/corpus/{framing,startup,scanner}/.
+"""Writes the hand-made seed corpora of the fuzz targets:
+fuzz/corpus/{framing,startup,scanner,mysql_framing,mysql_handshake}/.
 
-Each seed is a small, meaningful piece of PostgreSQL wire traffic (valid startup packets, typical
+Each seed is a small, meaningful piece of PostgreSQL or MySQL wire traffic (valid startup packets, typical
 backend replies, a client extended-protocol batch, COPY streams, truncated and oversized lengths),
 prefixed with the setup bytes its target reads first (see the module docs of fuzz_targets/*.rs).
 Seeds are named `seed-<what>`; entries the fuzzer found are kept under their hash names beside
@@ -343,11 +344,218 @@ def scanner_seeds():
     return {name: setup + stream for name, (setup, stream) in cases.items()}
 
 
+# ---- MySQL (mysql_framing, mysql_handshake) ----
+
+
+def lenenc(v):
+    if v < 0xFB:
+        return bytes([v])
+    if v <= 0xFFFF:
+        return b"\xfc" + struct.pack("<H", v)
+    if v <= 0xFFFFFF:
+        return b"\xfd" + struct.pack("<I", v)[:3]
+    return b"\xfe" + struct.pack("<Q", v)
+
+
+def lstr(s):
+    return lenenc(len(s)) + s
+
+
+def pkt(seq, payload):
+    """A MySQL packet: 3-byte little-endian payload length, sequence id, payload."""
+    return struct.pack("<I", len(payload))[:3] + bytes([seq]) + payload
+
+
+def my_ok(status=2, header=b"\x00", tail=b""):
+    return header + b"\x00\x00" + struct.pack("<HH", status, 0) + tail
+
+
+def my_eof(status=2):
+    return b"\xfe\x00\x00" + struct.pack("<H", status)
+
+
+def my_err(code, state=b"HY000", msg=b"boom"):
+    return b"\xff" + struct.pack("<H", code) + b"#" + state + msg
+
+
+def coldef(name):
+    return b"".join(lstr(x) for x in [b"def", b"test", b"t", b"t", name, name]) + (
+        b"\x0c\x21\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00"
+    )
+
+
+GREETING_55 = bytes.fromhex(
+    "0a352e352e322d6d32000b00000064764840492d434a00fff70802000000000000000000000000002a34647c635a776b345e5d3a00"
+)
+GREETING_MYSQL8 = (
+    b"\x0a8.0.36\x00\x2a\x00\x00\x00abcdefgh\x00\xff\xff\xff\x02\x00\xff\xdf\x15"
+    + b"\x00" * 10
+    + b"ijklmnopqrst\x00caching_sha2_password\x00"
+)
+GREETING_MARIADB = (
+    b"\x0a5.5.5-10.11.6-MariaDB-0+deb12u1\x00\x07\x00\x00\x00Wf)?n'Z3\x00\xfe\xf7\x2d\x02\x00\xff\x81\x15"
+    + b"\x00" * 6
+    + b"\x1d\x00\x00\x00"
+    + b"3O!u_[-@?Y(c\x00mysql_native_password\x00"
+)
+RESPONSE_PAM = bytes.fromhex(
+    "8da60f0000000001080000000000000000000000000000000000000000000000"
+    "70616d0014ab09eef6bcb1323e61143865c0991d957d75d447746573740"
+    "06d7973716c5f6e61746976655f70617373776f726400"
+)
+SSL_REQUEST_MY = struct.pack("<IIB", 0x8A01, 16 << 20, 33) + b"\x00" * 23
+RESPONSE_MARIADB = (
+    struct.pack("<IIB", 0x3A8A08, 1 << 30, 45)
+    + b"\x00" * 19
+    + struct.pack("<I", 0x11)
+    + b"app\x00"
+    + lstr(b"\x07" * 32)
+    + b"shop\x00caching_sha2_password\x00"
+    + lstr(lstr(b"_client_name") + lstr(b"libmariadb") + lstr(b"_os") + lstr(b"Linux"))
+)
+SESSION_STATE = (
+    b"\x00" + lstr(lstr(b"autocommit") + lstr(b"OFF"))
+    + b"\x01" + lstr(lstr(b"test"))
+    + b"\x02" + lstr(lstr(b"1"))
+    + b"\x03" + lstr(b"\x00" + lstr(b"3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5"))
+    + b"\x04" + lstr(lstr(b"SET TRANSACTION ISOLATION LEVEL READ COMMITTED;"))
+    + b"\x05" + lstr(lstr(b"T_______"))
+)
+TRACKED_OK = my_ok(0x4002, tail=lstr(b"") + lstr(SESSION_STATE))
+ERR_4031 = my_err(4031, msg=b"The client was disconnected by the server because of inactivity.")
+ERR_1927 = my_err(1927, b"70100", b"Connection was killed")
+PREPARE_OK = b"\x00\x01\x00\x00\x00\x01\x00\x02\x00\x00\x00\x00"
+CHANGE_USER = (
+    b"\x11bob\x00\x14abcdefghijklmnopqrstshop\x00\x21\x00mysql_native_password\x00"
+    + lstr(lstr(b"_os") + lstr(b"Lx"))
+)
+
+# Capabilities: protocol 4.1 + transactions + secure connection + plugin auth (+ lenenc data,
+# connect attrs, session track, deprecate EOF), MariaDB extended ones in the high half.
+CAPS_CLASSIC = 0x0008A200
+CAPS_TRACK = CAPS_CLASSIC | (1 << 23) | (1 << 21) | (1 << 20) | (1 << 3)
+CAPS_DEPRECATE = CAPS_TRACK | (1 << 24)
+CAPS_MARIADB = (CAPS_DEPRECATE & ~1) | (0x1D << 32)
+
+SELECT_REPLY_MY = (
+    pkt(1, b"\x02") + pkt(2, coldef(b"a")) + pkt(3, coldef(b"b")) + pkt(4, my_eof())
+    + pkt(5, b"\x011\x03abc") + pkt(6, b"\xfb\x00") + pkt(7, my_eof(0x22))
+)
+SELECT_REPLY_DEPRECATE = (
+    pkt(1, b"\x01") + pkt(2, coldef(b"a")) + pkt(3, b"\x00") + pkt(4, b"\x011")
+    + pkt(5, my_ok(0x4002, b"\xfe", lstr(b"") + lstr(SESSION_STATE)))
+)
+MULTI_RESULTS = (
+    pkt(1, my_ok(0x000A)) + pkt(2, b"\x01") + pkt(3, coldef(b"x")) + pkt(4, my_eof(0x0A))
+    + pkt(5, b"\x011") + pkt(6, my_eof(0x0003))
+)
+PREPARE_REPLY = (
+    pkt(1, PREPARE_OK) + pkt(2, coldef(b"?")) + pkt(3, coldef(b"?")) + pkt(4, my_eof())
+    + pkt(5, coldef(b"a")) + pkt(6, my_eof())
+)
+CURSOR_REPLY = pkt(1, b"\x01") + pkt(2, coldef(b"a")) + pkt(3, my_eof(0x42))
+LOCAL_INFILE = pkt(1, b"\xfb/tmp/data.csv") + pkt(2, b"1,a\n2,b\n") + pkt(3, b"") + pkt(4, my_ok())
+CHANGE_USER_REPLY = (
+    pkt(1, b"\xfecaching_sha2_password\x00abcdefghijklmnopqrst\x00") + pkt(2, b"\x07" * 32)
+    + pkt(3, b"\x01\x04") + pkt(4, b"\x02") + pkt(5, b"\x01-----BEGIN PUBLIC KEY-----\nMIIB\n")
+    + pkt(6, b"\x09" * 256) + pkt(7, my_ok())
+)
+BIG_ROW_HEADER = b"\xff\xff\xff\x03\xfe\x00\x00\x00\x01\x00\x00\x00\x00" + b"x" * 40
+CONTINUATION_BAD_SEQ = b"\xff\xff\xff\x00" + b"y" * 36
+COMMANDS_MY = (
+    pkt(0, b"\x03select 1") + pkt(0, b"\x0e") + pkt(0, b"\x02shop")
+    + pkt(0, b"\x17\x01\x00\x00\x00\x01\x01\x00\x00\x00") + pkt(0, b"\x19\x01\x00\x00\x00")
+    + pkt(0, b"\x1f") + pkt(0, b"\x01")
+)
+
+
+def framing_setup(kind, cmd_index, max_sel, thr_sel, reads, repair=False):
+    """The 8-byte setup of mysql_framing.rs."""
+    flags = kind | (4 if repair else 0) | (cmd_index << 3)
+    return bytes([flags, max_sel, thr_sel]) + bytes(reads)
+
+
+def mysql_framing_seeds():
+    DEFAULT, THRESHOLD, WHOLE = 0, 1, 2
+    QUERY, EXECUTE, PREPARE, FETCH, PING, SET_OPTION, CHANGE_USER_I = 0, 1, 2, 3, 4, 5, 6
+    cases = {
+        "select-classic": (framing_setup(DEFAULT, QUERY, 0xF0, 0, [6, 3, 0, 40, 12]), SELECT_REPLY_MY),
+        "select-deprecate-eof": (
+            framing_setup(THRESHOLD, QUERY, 0x20, 4, [1, 1, 0, 9, 2]),
+            SELECT_REPLY_DEPRECATE,
+        ),
+        "multi-results": (framing_setup(DEFAULT, QUERY, 0xF0, 0, [2, 0, 0, 5, 1]), MULTI_RESULTS),
+        "prepare": (framing_setup(DEFAULT, PREPARE, 0xF0, 0, [0, 0, 0, 1, 7]), PREPARE_REPLY),
+        "cursor": (framing_setup(WHOLE, EXECUTE, 0x40, 0, [1, 0, 0, 3, 3]), CURSOR_REPLY),
+        "local-infile": (framing_setup(DEFAULT, QUERY, 0xF0, 0, [4, 0, 0, 2, 8]), LOCAL_INFILE),
+        "change-user": (framing_setup(DEFAULT, CHANGE_USER_I, 0xF0, 0, [9, 0, 0, 9, 9]), CHANGE_USER_REPLY),
+        "unsolicited-4031": (framing_setup(DEFAULT, PING, 0xF0, 0, [3, 0, 0, 3, 3]), pkt(0, ERR_4031)),
+        "unsolicited-1927": (framing_setup(WHOLE, QUERY, 0x20, 0, [1, 0, 0, 1, 1]), pkt(0, ERR_1927)),
+        "set-option": (framing_setup(DEFAULT, SET_OPTION, 0xF0, 0, [0, 0, 0, 0, 0]), pkt(1, my_eof())),
+        "fetch": (
+            framing_setup(DEFAULT, FETCH, 0xF0, 0, [5, 0, 0, 5, 5]),
+            pkt(1, b"\x00\x00\x07") + pkt(2, my_eof(0x80)),
+        ),
+        "big-row-header": (framing_setup(DEFAULT, QUERY, 0x20, 0, [3, 1, 0, 7, 255]), BIG_ROW_HEADER),
+        "continuation-bad-seq": (
+            framing_setup(THRESHOLD, QUERY, 0x08, 2, [40, 0, 0, 4, 4]),
+            CONTINUATION_BAD_SEQ + b"\x00\x00\x00\x05",
+        ),
+        "over-limit-whole": (framing_setup(WHOLE, QUERY, 0x02, 0, [7, 7, 7, 7, 7]), SELECT_REPLY_MY),
+        "over-limit-streamed": (framing_setup(THRESHOLD, QUERY, 0x01, 1, [2, 9, 1, 30, 3]), SELECT_REPLY_MY),
+        "client-commands": (framing_setup(WHOLE, QUERY, 0x20, 0, [2, 60, 4, 8, 1]), COMMANDS_MY),
+        "repair-garbage": (
+            framing_setup(THRESHOLD, QUERY, 0x10, 8, [4, 1, 9, 2, 6], repair=True),
+            BIG_ROW_HEADER + SELECT_REPLY_MY,
+        ),
+        "repair-whole": (framing_setup(WHOLE, PREPARE, 0x04, 0, [1, 2, 3, 4, 5], repair=True), PREPARE_REPLY),
+        "truncated": (framing_setup(DEFAULT, QUERY, 0xF0, 0, [5, 5, 5, 5, 5]), SELECT_REPLY_MY[:-3]),
+    }
+    return {name: setup + stream for name, (setup, stream) in cases.items()}
+
+
+def mysql_handshake_seeds():
+    def caps(c):
+        return struct.pack("<Q", c)
+
+    payloads = {
+        "greeting-55": (CAPS_CLASSIC, GREETING_55),
+        "greeting-mysql8": (CAPS_CLASSIC, GREETING_MYSQL8),
+        "greeting-mariadb": (CAPS_MARIADB, GREETING_MARIADB),
+        "response-pam": (CAPS_CLASSIC, RESPONSE_PAM),
+        "response-mariadb": (CAPS_MARIADB, RESPONSE_MARIADB),
+        "ssl-request": (CAPS_CLASSIC, SSL_REQUEST_MY),
+        "ok-plain": (CAPS_CLASSIC, my_ok()),
+        "ok-info": (CAPS_CLASSIC, b"\x00\xfc\x2c\x01\xfd\x70\x11\x01\x01\x00\x01\x00Rows matched: 300"),
+        "ok-tracked": (CAPS_TRACK, TRACKED_OK),
+        "ok-fe-tracked": (CAPS_DEPRECATE, b"\xfe" + TRACKED_OK[1:]),
+        "err-1096": (CAPS_CLASSIC, my_err(1096, msg=b"No tables used")),
+        "err-4031": (CAPS_CLASSIC, ERR_4031),
+        "err-1927": (CAPS_MARIADB, ERR_1927),
+        "err-no-sqlstate": (0, b"\xff\x10\x04Too many connections"),
+        "progress": (CAPS_MARIADB, b"\xff\xff\xff\x01\x02\x00\x10\x00\x05stage"),
+        "eof": (CAPS_CLASSIC, my_eof()),
+        "prepare-ok": (CAPS_CLASSIC, PREPARE_OK),
+        "auth-switch": (CAPS_CLASSIC, b"\xfemysql_native_password\x00abcdefghijklmnopqrst\x00"),
+        "auth-fast-ok": (CAPS_CLASSIC, b"\x01\x03"),
+        "auth-full": (CAPS_CLASSIC, b"\x01\x04"),
+        "auth-pem": (CAPS_CLASSIC, b"\x01-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkq\n-----END PUBLIC KEY-----\n"),
+        "change-user": (CAPS_TRACK, CHANGE_USER),
+        "stmt-execute": (CAPS_CLASSIC, b"\x17\x01\x00\x00\x00\x01\x01\x00\x00\x00"),
+        "lenenc-9": (0, b"\xfe\x00\x00\x00\x01\x00\x00\x00\x00"),
+        "session-state": (CAPS_TRACK, SESSION_STATE),
+        "truncated-greeting": (CAPS_CLASSIC, GREETING_MYSQL8[:30]),
+    }
+    return {name: caps(c) + p for name, (c, p) in payloads.items()}
+
+
 def main():
     for target, seeds in [
         ("framing", framing_seeds()),
         ("startup", startup_seeds()),
         ("scanner", scanner_seeds()),
+        ("mysql_framing", mysql_framing_seeds()),
+        ("mysql_handshake", mysql_handshake_seeds()),
     ]:
         folder = os.path.join(HERE, "corpus", target)
         os.makedirs(folder, exist_ok=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI smoke run of the fuzz targets: installs cargo-fuzz if missing, builds the three targets once,
+# CI smoke run of the fuzz targets: installs cargo-fuzz if missing, builds the five targets once,
 # then runs each for FUZZ_SECONDS (default 20) over its committed corpus. Fails on any crash,
 # timeout (10 s for one input) or out-of-memory; the failing input is left in
 # fuzz/artifacts/<target>/. New corpus entries go to a scratch folder under fuzz/target/, so the
@@ -20,7 +20,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 seconds="${FUZZ_SECONDS:-20}"
-targets=(framing startup scanner)
+targets=(framing startup scanner mysql_framing mysql_handshake)
 scratch=fuzz/target/smoke-corpus
 
 start=$(date +%s)

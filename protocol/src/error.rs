@@ -24,6 +24,9 @@ pub enum ProtocolError {
     /// An encoder was given a value that cannot be written (e.g. a string with an embedded NUL).
     #[error("cannot encode message: {0}")]
     InvalidArgument(&'static str),
+    /// A MySQL packet carries another sequence id than the conversation is at.
+    #[error("packet sequence id {got}, expected {expected}")]
+    OutOfSequence { expected: u8, got: u8 },
 }
 
 impl ProtocolError {
@@ -35,6 +38,7 @@ impl ProtocolError {
             ProtocolError::Malformed(_) => "malformed",
             ProtocolError::UnsupportedProtocolVersion(_) => "unsupported_protocol_version",
             ProtocolError::InvalidArgument(_) => "invalid_argument",
+            ProtocolError::OutOfSequence { .. } => "out_of_sequence",
         }
     }
 }
@@ -53,5 +57,11 @@ mod tests {
             e.to_string(),
             "message of 10 bytes exceeds the maximum of 5 bytes"
         );
+        let e = ProtocolError::OutOfSequence {
+            expected: 1,
+            got: 0,
+        };
+        assert_eq!(e.to_string(), "packet sequence id 0, expected 1");
+        assert_eq!(e.label(), "out_of_sequence");
     }
 }
