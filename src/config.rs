@@ -386,9 +386,41 @@ pub enum ClientAuthMethod {
     ScramSha256,
     #[serde(rename = "md5")]
     Md5,
+    /// MySQL pools: the plugin offered in the greeting; clients may switch to
+    /// `caching_sha2_password`, which is accepted too.
+    #[serde(rename = "mysql_native_password")]
+    MysqlNativePassword,
+    /// MySQL pools: offered in the greeting (the fast path; Suture knows every password, so its
+    /// cache is never empty); clients may switch to `mysql_native_password`.
+    #[serde(rename = "caching_sha2_password")]
+    CachingSha2Password,
     /// Only allowed on loopback listeners.
     #[serde(rename = "trust")]
     Trust,
+}
+
+impl ClientAuthMethod {
+    /// Whether a pool speaking `protocol` can use this method.
+    pub fn serves(self, protocol: Protocol) -> bool {
+        match self {
+            ClientAuthMethod::ScramSha256 | ClientAuthMethod::Md5 => protocol == Protocol::Postgres,
+            ClientAuthMethod::MysqlNativePassword | ClientAuthMethod::CachingSha2Password => {
+                protocol == Protocol::Mysql
+            }
+            ClientAuthMethod::Trust => true,
+        }
+    }
+
+    /// The value as written in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuthMethod::ScramSha256 => "scram-sha-256",
+            ClientAuthMethod::Md5 => "md5",
+            ClientAuthMethod::MysqlNativePassword => "mysql_native_password",
+            ClientAuthMethod::CachingSha2Password => "caching_sha2_password",
+            ClientAuthMethod::Trust => "trust",
+        }
+    }
 }
 
 /// `[pools.NAME.users.USER]`.

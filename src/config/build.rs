@@ -356,7 +356,21 @@ fn build_pool(
         check_readable_file(c, &key("tls_ca_file"), path);
     }
 
-    let client_auth = raw.client_auth.unwrap_or(ClientAuthMethod::ScramSha256);
+    let protocol = raw.protocol.unwrap_or(Protocol::Postgres);
+    let client_auth = raw.client_auth.unwrap_or(match protocol {
+        Protocol::Postgres => ClientAuthMethod::ScramSha256,
+        Protocol::Mysql => ClientAuthMethod::MysqlNativePassword,
+    });
+    if !client_auth.serves(protocol) {
+        c.add(
+            key("client_auth"),
+            format!(
+                "\"{}\" is not a {} method (postgres: scram-sha-256, md5, trust; mysql: mysql_native_password, caching_sha2_password, trust)",
+                client_auth.as_str(),
+                protocol.as_str()
+            ),
+        );
+    }
     if client_auth == ClientAuthMethod::Trust && !listen.ip().is_loopback() {
         c.add(
             key("client_auth"),
@@ -407,7 +421,7 @@ fn build_pool(
 
     PoolConfig {
         name: name.to_owned(),
-        protocol: raw.protocol.unwrap_or(Protocol::Postgres),
+        protocol,
         listen,
         servers,
         tls,

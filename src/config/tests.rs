@@ -637,3 +637,38 @@ fn bad_role_and_zero_health_check_timeout_name_the_key() {
         "{list:?}"
     );
 }
+
+#[test]
+fn client_auth_methods_belong_to_their_protocol() -> Result<(), ConfigError> {
+    let mysql = MINIMAL.replace("servers =", "protocol = \"mysql\"\nservers =");
+    let config = load(&mysql, &[])?;
+    assert_eq!(
+        pool(&config).client_auth,
+        ClientAuthMethod::MysqlNativePassword,
+        "a MySQL pool offers mysql_native_password unless told otherwise"
+    );
+    let scram_on_mysql = mysql.replace("servers =", "client_auth = \"scram-sha-256\"\nservers =");
+    let list = problems(&scram_on_mysql, &[]);
+    assert!(
+        has(&list, "pools.app.client_auth", "not a mysql method"),
+        "{list:?}"
+    );
+    let native_on_pg = MINIMAL.replace(
+        "servers =",
+        "client_auth = \"mysql_native_password\"\nservers =",
+    );
+    let list = problems(&native_on_pg, &[]);
+    assert!(
+        has(&list, "pools.app.client_auth", "not a postgres method"),
+        "{list:?}"
+    );
+    let sha2 = mysql.replace(
+        "servers =",
+        "client_auth = \"caching_sha2_password\"\nservers =",
+    );
+    assert_eq!(
+        pool(&load(&sha2, &[])?).client_auth,
+        ClientAuthMethod::CachingSha2Password
+    );
+    Ok(())
+}

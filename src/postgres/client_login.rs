@@ -239,7 +239,10 @@ async fn authenticate(
                 _ => Err(failed()),
             }
         }
-        ClientAuthMethod::ScramSha256 => {
+        // The configuration refuses MySQL methods on a PostgreSQL pool; SCRAM if one got here.
+        ClientAuthMethod::ScramSha256
+        | ClientAuthMethod::MysqlNativePassword
+        | ClientAuthMethod::CachingSha2Password => {
             let mut out = BytesMut::new();
             pg::encode_auth_sasl(&[SCRAM_SHA_256], &mut out)?;
             stream.write_all(&out).await?;

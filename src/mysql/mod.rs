@@ -1,0 +1,4 @@
+//! The MySQL and MariaDB side of Suture: the client handshake and login, backend connections,
+//! what each command and reply means for the session's ledger, and the session state learned
+//! from the server's session tracking. The command-phase loop, the ledger and the heal
+//! orchestration are the shared ones in `crate::session`; nothing here imports `postgres`.
