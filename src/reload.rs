@@ -63,13 +63,13 @@ impl Reloader {
         let mut prepared = Vec::new();
         for served in &self.served {
             let svc = served.current();
-            let Some(fresh) = new.pools.get(&svc.config.name) else {
+            let Some(fresh) = new.pools.get(&svc.config().name) else {
                 continue;
             };
-            let fresh = keep_fixed(&svc.config, fresh.clone());
-            let name = svc.config.name.clone();
+            let fresh = keep_fixed(svc.config(), fresh.clone());
+            let name = svc.config().name.clone();
             let job = {
-                let svc = Arc::clone(&svc);
+                let svc = svc.clone();
                 tokio::task::spawn_blocking(move || svc.prepare_reload(fresh))
             };
             match job.await {
@@ -87,7 +87,7 @@ impl Reloader {
         let mut summary = Vec::new();
         for (served, svc, reloaded) in prepared {
             let fresh = svc.commit_reload(reloaded);
-            summary.push(describe_changes(&svc.config, &fresh.config));
+            summary.push(describe_changes(svc.config(), fresh.config()));
             served.replace(fresh);
         }
         *self.shutdown.write().unwrap_or_else(|p| p.into_inner()) = new.shutdown;
@@ -96,7 +96,7 @@ impl Reloader {
         for served in &self.served {
             let svc = served.current();
             kept.pools
-                .insert(svc.config.name.clone(), svc.config.clone());
+                .insert(svc.config().name.clone(), svc.config().clone());
         }
         self.config = kept;
         metrics::counter!("suture_config_reloads_total", "result" => "ok").increment(1);

@@ -1,17 +1,129 @@
-//! One pool as the process serves it: the service new sessions get (replaced on reload), the
-//! listener's client slots, the warm-up at start, and what the admin port reports about it.
+//! One pool as the process serves it: the service new sessions get (replaced on reload) for
+//! whichever protocol it speaks, the listener's client slots, the warm-up at start, and what
+//! the admin port reports about it. This is the one place that dispatches on the protocol.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::admin::status::{fill_from_ops, Backends, PoolSource, PoolStatus};
+use crate::config::PoolConfig;
+use crate::net::tls::TlsError;
+use crate::ops::pool_state::PoolOps;
+use crate::pool::{Manager, Pool, PoolStats};
 use crate::postgres::PgService;
+use crate::session::core::Core;
+
+/// A pool's service, by protocol.
+#[derive(Clone)]
+pub(crate) enum Service {
+    Postgres(Arc<PgService>),
+}
+
+/// A reload prepared for one pool, by protocol.
+pub(crate) enum Reload {
+    Postgres(crate::postgres::PgReloaded),
+}
+
+impl Service {
+    /// The pool's configuration as the service runs it.
+    pub(crate) fn config(&self) -> &PoolConfig {
+        match self {
+            Service::Postgres(svc) => &svc.core.config,
+        }
+    }
+
+    fn ops(&self) -> &PoolOps {
+        match self {
+            Service::Postgres(svc) => &svc.core.ops,
+        }
+    }
+
+    fn stats(&self) -> PoolStats {
+        match self {
+            Service::Postgres(svc) => svc.core.pool.stats(),
+        }
+    }
+
+    /// Serves one client connection until it ends.
+    pub(crate) async fn serve(self, stream: TcpStream, client_id: u64) {
+        match self {
+            Service::Postgres(svc) => crate::postgres::serve(svc, stream, client_id).await,
+        }
+    }
+
+    /// Refuses a client over `max_client_connections` the way the protocol's server does.
+    pub(crate) async fn refuse_at_cap(self, stream: TcpStream) {
+        match self {
+            Service::Postgres(svc) => crate::postgres::refuse_at_cap(svc, stream).await,
+        }
+    }
+
+    /// Runs the pool's maintenance (warm spares, idle retirement, health checks) every
+    /// `every`.
+    pub(crate) fn spawn_maintenance(&self, every: Duration) {
+        match self {
+            Service::Postgres(svc) => svc.core.pool.spawn_maintenance(every),
+        }
+    }
+
+    /// Says goodbye to every idle backend connection and closes it; returns how many.
+    pub(crate) async fn terminate_idle(&self) -> usize {
+        match self {
+            Service::Postgres(svc) => svc.terminate_idle().await,
+        }
+    }
+
+    /// Prepares `config` (derives secrets, loads TLS settings) without changing anything yet.
+    pub(crate) fn prepare_reload(&self, config: PoolConfig) -> Result<Reload, TlsError> {
+        match self {
+            Service::Postgres(svc) => svc.prepare_reload(config).map(Reload::Postgres),
+        }
+    }
+
+    /// Puts a prepared reload in force; the service new sessions get is returned.
+    pub(crate) fn commit_reload(&self, reload: Reload) -> Service {
+        match (self, reload) {
+            (Service::Postgres(svc), Reload::Postgres(r)) => {
+                Service::Postgres(svc.commit_reload(r))
+            }
+        }
+    }
+
+    /// Opens the warm spares of every configured user at start (see
+    /// [`ServedPool::spawn_warm_up`]).
+    fn spawn_warm_up(&self, give_up_after: Duration) {
+        match self {
+            Service::Postgres(svc) => {
+                let keys = crate::postgres::warm_keys(&svc.core.config);
+                spawn_warm_up(&svc.core, keys, give_up_after);
+            }
+        }
+    }
+}
+
+/// Opens one backend connection per key, in the background; connection-level failures are
+/// retried until `give_up_after`.
+fn spawn_warm_up<M: Manager>(core: &Core<M>, keys: Vec<M::Key>, give_up_after: Duration) {
+    for key in keys {
+        let pool: Pool<M> = core.pool.clone();
+        let name = core.config.name.clone();
+        tokio::spawn(async move {
+            match pool.warm(&key, give_up_after).await {
+                Ok(()) => tracing::debug!(pool = %name, ?key, "warm spares opened"),
+                Err(err) => {
+                    tracing::warn!(pool = %name, ?key, error = %err, "could not open a warm spare at start; the first client will")
+                }
+            }
+        });
+    }
+}
 
 /// A served pool.
 pub(crate) struct ServedPool {
-    current: RwLock<Arc<PgService>>,
+    current: RwLock<Service>,
     /// One permit per client connection the listener may hold.
     pub(crate) slots: Arc<Semaphore>,
     /// The size `slots` was made with.
@@ -19,8 +131,8 @@ pub(crate) struct ServedPool {
 }
 
 impl ServedPool {
-    pub(crate) fn new(svc: Arc<PgService>) -> ServedPool {
-        let max_clients = svc.config.sizes.max_client_connections;
+    pub(crate) fn new(svc: Service) -> ServedPool {
+        let max_clients = svc.config().sizes.max_client_connections;
         ServedPool {
             current: RwLock::new(svc),
             slots: Arc::new(Semaphore::new(max_clients)),
@@ -29,41 +141,26 @@ impl ServedPool {
     }
 
     /// The service a new session gets.
-    pub(crate) fn current(&self) -> Arc<PgService> {
-        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    pub(crate) fn current(&self) -> Service {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the service for sessions that start from now on.
-    pub(crate) fn replace(&self, svc: Arc<PgService>) {
+    pub(crate) fn replace(&self, svc: Service) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = svc;
     }
 
     /// Opens one backend connection for each configured user at start, when the pool keeps
-    /// warm spares, so it has logged in before its first client (`/startup`). The database is
-    /// the pool's `database` when set, else the user's own name (PostgreSQL's default). A
-    /// sub-pool is created only for a user whose login works; connection-level failures are
-    /// retried until `give_up_after`.
+    /// warm spares, so it has logged in before its first client (`/startup`). A sub-pool is
+    /// created only for a user whose login works; connection-level failures are retried until
+    /// `give_up_after`.
     pub(crate) fn spawn_warm_up(&self, give_up_after: Duration) {
         let svc = self.current();
-        if svc.config.sizes.min_idle == 0 {
-            return;
-        }
-        for user in svc.config.users.keys() {
-            let key = crate::postgres::PgKey {
-                user: user.clone(),
-                database: svc.config.database.clone().unwrap_or_else(|| user.clone()),
-            };
-            let svc = Arc::clone(&svc);
-            tokio::spawn(async move {
-                match svc.pool.warm(&key, give_up_after).await {
-                    Ok(()) => {
-                        tracing::debug!(pool = %svc.config.name, user = %key.user, database = %key.database, "warm spares opened")
-                    }
-                    Err(err) => {
-                        tracing::warn!(pool = %svc.config.name, user = %key.user, database = %key.database, error = %err, "could not open a warm spare at start; the first client will")
-                    }
-                }
-            });
+        if svc.config().sizes.min_idle > 0 {
+            svc.spawn_warm_up(give_up_after);
         }
     }
 }
@@ -71,8 +168,8 @@ impl ServedPool {
 impl PoolSource for ServedPool {
     fn status(&self) -> PoolStatus {
         let svc = self.current();
-        let stats = svc.pool.stats();
-        let config = &svc.config;
+        let stats = svc.stats();
+        let config = svc.config();
         let mut status = PoolStatus {
             name: config.name.clone(),
             protocol: config.protocol.as_str().to_owned(),
@@ -96,7 +193,7 @@ impl PoolSource for ServedPool {
             last_connect: None,
             server_limits: None,
         };
-        fill_from_ops(&mut status, svc.ops.snapshot());
+        fill_from_ops(&mut status, svc.ops().snapshot());
         status
     }
 }

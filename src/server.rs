@@ -24,8 +24,9 @@ use crate::ops::lifecycle::{Drain, Lifecycle, StopSource};
 use crate::ops::pool_state::PoolOps;
 use crate::postgres::cancel::CancelRegistry;
 use crate::postgres::{PgService, PgShared};
-use crate::served::ServedPool;
+use crate::served::{ServedPool, Service};
 use crate::session::budget::BufferBudget;
+use crate::session::core::CoreShared;
 
 /// How often pools retire and top up connections.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
@@ -84,9 +85,6 @@ pub async fn run(config: Config, ops: Ops) -> Result<(), ServerError> {
     let (stop_accepting, stop_rx) = watch::channel(false);
     let mut served = Vec::new();
     for (name, pool) in &config.pools {
-        if pool.protocol != Protocol::Postgres {
-            return Err(ServerError::UnsupportedProtocol(name.clone()));
-        }
         let listener =
             TcpListener::bind(pool.listen)
                 .await
@@ -96,20 +94,29 @@ pub async fn run(config: Config, ops: Ops) -> Result<(), ServerError> {
                     source,
                 })?;
         let log_limit = Arc::new(LogLimiter::default());
-        let shared = PgShared {
-            resolver: resolver.clone(),
-            cancels: Arc::clone(&cancels),
+        let core = CoreShared {
             ops: Arc::new(PoolOps::default()),
             drain: drain_signal.clone(),
             log_limit: Arc::clone(&log_limit),
-            mock_secret: rand::random(),
             buffer_budget: Arc::clone(&buffer_budget),
         };
-        let svc = PgService::new(pool.clone(), shared).map_err(|source| ServerError::Tls {
+        let svc = match pool.protocol {
+            Protocol::Postgres => {
+                let shared = PgShared {
+                    resolver: resolver.clone(),
+                    cancels: Arc::clone(&cancels),
+                    mock_secret: rand::random(),
+                    core,
+                };
+                PgService::new(pool.clone(), shared).map(Service::Postgres)
+            }
+            Protocol::Mysql => return Err(ServerError::UnsupportedProtocol(name.clone())),
+        }
+        .map_err(|source| ServerError::Tls {
             pool: name.clone(),
             source,
         })?;
-        svc.pool.spawn_maintenance(MAINTENANCE_EVERY);
+        svc.spawn_maintenance(MAINTENANCE_EVERY);
         spawn_held_back_reports(name.clone(), log_limit);
         let pool_served = Arc::new(ServedPool::new(svc));
         pool_served.spawn_warm_up(config.admin.startup_timeout);
@@ -208,14 +215,15 @@ async fn accept_loop(
         }
         let svc = served.current();
         let Ok(permit) = Arc::clone(&served.slots).try_acquire_owned() else {
-            tokio::spawn(crate::postgres::refuse_at_cap(Arc::clone(&svc), stream));
+            tokio::spawn(svc.refuse_at_cap(stream));
             continue;
         };
         let client_id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
+        let protocol = svc.config().protocol.as_str();
         tokio::spawn(async move {
-            metrics::gauge!("suture_client_connections", "protocol" => "postgres").increment(1.0);
-            crate::postgres::serve(svc, stream, client_id).await;
-            metrics::gauge!("suture_client_connections", "protocol" => "postgres").decrement(1.0);
+            metrics::gauge!("suture_client_connections", "protocol" => protocol).increment(1.0);
+            svc.serve(stream, client_id).await;
+            metrics::gauge!("suture_client_connections", "protocol" => protocol).decrement(1.0);
             drop(permit);
         });
     }

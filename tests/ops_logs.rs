@@ -87,13 +87,13 @@ async fn json_lines_name_each_heal_and_refusal_and_never_a_secret() -> anyhow::R
     );
     ensure!(fields["client"].as_u64().is_some(), "client id: {heal}");
     ensure!(
-        fields["backend_pid"].as_i64().is_some_and(|p| p > 0),
+        fields["backend_id"].as_i64().is_some_and(|p| p > 0),
         "{heal}"
     );
     let refusal = find("backend loss reported to the client")?;
     ensure!(refusal["fields"]["cause"] == "maybe_executed", "{refusal}");
     ensure!(
-        refusal["fields"]["backend_pid"].as_i64().is_some(),
+        refusal["fields"]["backend_id"].as_i64().is_some(),
         "{refusal}"
     );
     let idle_close = find("idle backend connection found closed")?;

@@ -542,8 +542,11 @@ password = "app-secret"
             took < Duration::from_secs(5),
             "57P03 after {took:?}, expected within about the 2 s hold"
         );
+        // A round is a query plus a fresh SCRAM login: well under a second, but a loaded
+        // 2-core machine can stretch it. What this guards against is the good pool waiting on
+        // the bad pool's hold or DNS timeout, which would take 2 s or more.
         ensure!(
-            slowest < Duration::from_secs(1),
+            slowest < Duration::from_secs(2),
             "the good pool stalled: slowest round {slowest:?}"
         );
         field(

@@ -520,7 +520,7 @@ impl<M: Manager> Pool<M> {
 
     fn count_idle_close(&self, cause: &'static str, conn: &M::Conn) {
         self.inner.ops.record(EventKind::IdleClose, cause);
-        tracing::info!(pool = %self.inner.name, cause, backend_pid = M::conn_id(conn), "idle backend connection found closed");
+        tracing::info!(pool = %self.inner.name, cause, backend_id = M::conn_id(conn), "idle backend connection found closed");
         metrics::counter!("suture_backend_idle_closes_total", "pool" => self.inner.name.clone(), "cause" => cause)
             .increment(1);
     }

@@ -10,17 +10,15 @@
 //! - Skipping: the client was already shown an error in an extended batch; everything up to
 //!   its Sync is ignored, as the server would, and the Sync gets ReadyForQuery `I`.
 
-use std::time::Duration;
-
 use bytes::BytesMut;
 use suture_protocol::pg::{self, TxStatus};
 use suture_protocol::ProtocolError;
-use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::heal::After;
+use crate::postgres::book::PgBook;
 use crate::postgres::statement::Statement;
-use crate::postgres::tracker::Shared;
 use crate::postgres::wire::{self, WireError};
+use crate::session::hooks::{AbortedEnd, LostIo};
 use crate::session::ledger::TxEnd;
 
 /// SQLSTATE in_failed_sql_transaction.
@@ -31,32 +29,17 @@ const CONNECTION_FAILURE: &str = "08006";
 pub(crate) const LOST_MESSAGE: &str =
     "connection to the database server was lost inside a transaction; the transaction was rolled back";
 
-/// How the aborted-transaction phase ended.
-#[derive(Debug)]
-pub(crate) enum AbortedEnd {
-    /// The client ended the transaction; it now expects a session outside a transaction.
-    TransactionEnded,
-    /// The client left (or its socket failed, or it sent Terminate).
-    ClientGone(WireError),
-    /// The client sent bytes that are not valid protocol.
-    ClientProtocol(ProtocolError),
-}
-
 /// Serves the client from `mode` until its transaction is over. Reads whole messages from
 /// `cbuf` (and the client); what it leaves in `cbuf` comes after the end of the transaction.
-pub(crate) async fn serve<R, W>(
-    client: &mut R,
-    cbuf: &mut BytesMut,
-    writer: &mut W,
-    shared: &Shared,
-    mode: After,
-    max_message_size: usize,
-    write_limit: Duration,
-) -> AbortedEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+pub(crate) async fn serve(io: LostIo<'_, PgBook>, mode: After) -> AbortedEnd {
+    let LostIo {
+        client_read: client,
+        cbuf,
+        client_write: writer,
+        shared,
+        max_message_size,
+        write_limit,
+    } = io;
     let mut view = View::new(mode);
     loop {
         if view.is_over() {

@@ -23,6 +23,7 @@ use crate::postgres::backend_auth;
 use crate::postgres::context::{BackendContext, PgKey};
 use crate::postgres::discovery;
 use crate::postgres::wire::{self, WireError};
+use crate::session::link::{Link, LinkParts};
 use crate::stream::{self, StreamRead, StreamWrite};
 
 /// The PostgreSQL SSLRequest answer that means "go ahead with TLS".
@@ -331,6 +332,33 @@ pub(super) fn refused(body: &[u8]) -> BackendError {
     }
 }
 
+impl Link for BackendConn {
+    /// The parameters the backend reports (ParameterStatus), kept current by the relay.
+    type Extra = BTreeMap<String, String>;
+
+    fn parts(&mut self) -> LinkParts<'_, BTreeMap<String, String>> {
+        LinkParts {
+            reader: &mut self.reader,
+            writer: &mut self.writer,
+            rbuf: &mut self.rbuf,
+            probe: &self.probe,
+            extra: &mut self.params,
+        }
+    }
+
+    fn rbuf(&mut self) -> &mut BytesMut {
+        &mut self.rbuf
+    }
+
+    fn set_broken(&mut self) {
+        self.broken = true;
+    }
+
+    async fn terminate(&mut self) {
+        BackendConn::terminate(self).await;
+    }
+}
+
 /// How long a Terminate to a backend Suture closes on purpose may take.
 const TERMINATE_LIMIT: Duration = Duration::from_millis(200);
 
@@ -387,7 +415,7 @@ impl BackendConn {
                     b'E' => {
                         let fatal = pg::parse_error_fields(&message.body).ok();
                         return Err(match fatal.as_ref().map(|f| f.code.as_str()) {
-                            Some(crate::postgres::tracker::IDLE_SESSION_TIMEOUT) => {
+                            Some(crate::postgres::book::IDLE_SESSION_TIMEOUT) => {
                                 "idle_timeout_notice"
                             }
                             _ => "server_error",

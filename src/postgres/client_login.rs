@@ -58,7 +58,7 @@ pub(crate) async fn login(
     let Some(startup) = read_startup(svc, stream, buf).await? else {
         return Ok(LoginOutcome::Cancelled);
     };
-    let login = parse_login(&svc.config.database, startup)?;
+    let login = parse_login(&svc.core.config.database, startup)?;
     authenticate(svc, stream, buf, &login.user).await?;
     Ok(LoginOutcome::Authenticated(login))
 }
@@ -91,7 +91,9 @@ pub(crate) async fn read_startup(
                 if let Some((target, guard)) =
                     svc.cancels.lookup(request.process_id, request.secret_key)
                 {
-                    if let Err(err) = cancel::forward(target, svc.config.timeouts.connect).await {
+                    if let Err(err) =
+                        cancel::forward(target, svc.core.config.timeouts.connect).await
+                    {
                         tracing::warn!(error = %err, "could not forward cancel request");
                     }
                     drop(guard);
@@ -225,7 +227,7 @@ async fn authenticate(
     let secrets = svc.user(user);
     let max = MAX_STARTUP_PACKET.max(1024);
     let failed = || ClientError::AuthFailed(user.to_owned());
-    match svc.config.client_auth {
+    match svc.core.config.client_auth {
         ClientAuthMethod::Trust => secrets.map(|_| ()).ok_or_else(failed),
         ClientAuthMethod::Md5 => {
             let salt = client_auth::md5_salt();

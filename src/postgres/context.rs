@@ -1,6 +1,6 @@
-//! What every PostgreSQL session and backend connection of one pool shares: the backend
-//! servers and how to reach them, the users' derived secrets, the pool itself and the cancel
-//! registry. Built once per pool at start.
+//! What every PostgreSQL session and backend connection of one pool shares: the protocol-agnostic
+//! core (configuration, pool, budgets), the backend servers and how to reach them, the users'
+//! derived secrets and the cancel registry. Built once per pool at start, again on reload.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -8,17 +8,14 @@ use std::time::Duration;
 
 use crate::config::ServerAddr;
 use crate::config::{PoolConfig, ServerRole, Timeouts};
-use crate::log_limit::LogLimiter;
 use crate::net::dns::Resolver;
 use crate::net::tls::{BackendTls, TlsError};
-use crate::ops::lifecycle::DrainSignal;
 use crate::ops::pool_state::PoolOps;
-use crate::pool::{Manager, Pool, PoolSettings};
+use crate::pool::{Manager, Pool};
 use crate::postgres::backend::{self, BackendConn, BackendError};
 use crate::postgres::cancel::CancelRegistry;
 use crate::postgres::client_auth::UserSecrets;
-use crate::retry_budget::{RetryBudget, DEFAULT_BURST, DEFAULT_REFILL_PER_SECOND};
-use crate::session::budget::BufferBudget;
+use crate::session::core::{pool_settings, Core, CoreShared};
 
 /// Which sub-pool a backend connection belongs to: what PostgreSQL fixes at login and `SET`
 /// cannot change afterwards. A client's startup options are settings applied at checkout, so
@@ -103,24 +100,12 @@ impl Manager for PgManager {
 
 /// Everything a PostgreSQL client session of one pool needs.
 pub(crate) struct PgService {
-    pub(crate) config: PoolConfig,
+    /// What every protocol's sessions share (configuration, pool, budgets, drain).
+    pub(crate) core: Core<PgManager>,
     pub(crate) backend: Arc<BackendContext>,
-    pub(crate) pool: Pool<PgManager>,
     pub(crate) cancels: Arc<CancelRegistry>,
-    /// Replays this pool may still make (DESIGN §3 global retry budget).
-    pub(crate) replay_budget: RetryBudget,
-    /// Log lines clients can cause at will, rate-limited per cause.
-    pub(crate) log_limit: Arc<LogLimiter>,
     /// A random value of the process that unknown users' mock SCRAM salts derive from.
     pub(crate) mock_secret: [u8; 32],
-    /// The memory all sessions of the process may hold in client messages held whole.
-    pub(crate) buffer_budget: Arc<BufferBudget>,
-    /// The pool's operational state (last heal, replay, refusal; logins).
-    pub(crate) ops: Arc<PoolOps>,
-    /// Tells sessions that shutdown is closing idle clients.
-    pub(crate) drain: DrainSignal,
-    /// `suture_request_duration_seconds{protocol="postgres"}`, looked up once.
-    pub(crate) request_duration: metrics::Histogram,
 }
 
 /// A reload prepared by [`PgService::prepare_reload`].
@@ -135,11 +120,8 @@ pub(crate) struct Reloaded {
 pub(crate) struct Shared {
     pub(crate) resolver: Resolver,
     pub(crate) cancels: Arc<CancelRegistry>,
-    pub(crate) ops: Arc<PoolOps>,
-    pub(crate) drain: DrainSignal,
-    pub(crate) log_limit: Arc<LogLimiter>,
     pub(crate) mock_secret: [u8; 32],
-    pub(crate) buffer_budget: Arc<BufferBudget>,
+    pub(crate) core: CoreShared,
 }
 
 impl PgService {
@@ -152,7 +134,7 @@ impl PgService {
                 ctx: RwLock::new(Arc::clone(&backend)),
             },
             pool_settings(&config),
-            Arc::clone(&shared.ops),
+            Arc::clone(&shared.core.ops),
         );
         Ok(Self::assemble(config, backend, pool, shared))
     }
@@ -169,12 +151,13 @@ impl PgService {
     /// connections with the new users, servers and deadlines and applies the new sizes.
     /// Sessions that run keep the service they started with; new ones get the one returned.
     pub(crate) fn commit_reload(&self, reloaded: Reloaded) -> Arc<PgService> {
-        self.pool.manager().set_ctx(Arc::clone(&reloaded.backend));
-        self.pool.set_settings(pool_settings(&reloaded.config));
+        let pool = &self.core.pool;
+        pool.manager().set_ctx(Arc::clone(&reloaded.backend));
+        pool.set_settings(pool_settings(&reloaded.config));
         Self::assemble(
             reloaded.config,
             reloaded.backend,
-            self.pool.clone(),
+            pool.clone(),
             self.shared(),
         )
     }
@@ -183,18 +166,15 @@ impl PgService {
         Shared {
             resolver: self.backend.resolver.clone(),
             cancels: Arc::clone(&self.cancels),
-            ops: Arc::clone(&self.ops),
-            drain: self.drain.clone(),
-            log_limit: Arc::clone(&self.log_limit),
             mock_secret: self.mock_secret,
-            buffer_budget: Arc::clone(&self.buffer_budget),
+            core: self.core.shared(),
         }
     }
 
     /// Says goodbye (Terminate) to every idle backend connection and closes it (shutdown);
     /// returns how many.
     pub(crate) async fn terminate_idle(&self) -> usize {
-        let idle = self.pool.take_all_idle();
+        let idle = self.core.pool.take_all_idle();
         let count = idle.len();
         let mut goodbyes = tokio::task::JoinSet::new();
         for mut conn in idle {
@@ -211,17 +191,10 @@ impl PgService {
         shared: Shared,
     ) -> Arc<PgService> {
         Arc::new(PgService {
-            request_duration: metrics::histogram!("suture_request_duration_seconds", "protocol" => "postgres"),
-            config,
+            core: Core::new(config, pool, shared.core, "postgres"),
             backend,
-            pool,
             cancels: shared.cancels,
-            replay_budget: RetryBudget::new(DEFAULT_BURST, DEFAULT_REFILL_PER_SECOND),
-            log_limit: shared.log_limit,
             mock_secret: shared.mock_secret,
-            buffer_budget: shared.buffer_budget,
-            ops: shared.ops,
-            drain: shared.drain,
         })
     }
 
@@ -252,21 +225,6 @@ fn backend_context(config: &PoolConfig, shared: &Shared) -> Result<BackendContex
         max_message_size: config.limits.max_message_size,
         users,
         role: config.role,
-        ops: Arc::clone(&shared.ops),
+        ops: Arc::clone(&shared.core.ops),
     })
-}
-
-fn pool_settings(config: &PoolConfig) -> PoolSettings {
-    PoolSettings {
-        min_idle: config.sizes.min_idle,
-        max_size: config.sizes.max_size,
-        max_waiters: config.sizes.max_waiters,
-        checkout_timeout: config.timeouts.checkout,
-        idle_timeout: config.timeouts.idle,
-        max_lifetime: config.timeouts.max_lifetime,
-        failover_hold: config.timeouts.failover_hold,
-        max_held: config.sizes.max_held,
-        health_check_after: config.timeouts.health_check_after,
-        health_check_timeout: config.timeouts.health_check_timeout,
-    }
 }

@@ -5,7 +5,8 @@
 
 use std::io;
 
-use suture_protocol::pg::ErrorFields;
+use bytes::BytesMut;
+use suture_protocol::pg::{self, ErrorFields};
 use suture_protocol::ProtocolError;
 
 use crate::pool::PoolError;
@@ -59,6 +60,31 @@ pub(crate) struct ClientNotice {
     pub(crate) code: String,
     pub(crate) message: String,
     pub(crate) detail: Option<String>,
+}
+
+impl ClientNotice {
+    /// Appends the ErrorResponse. Only a NUL inside a server-provided text can make encoding
+    /// fail: the client is then told less rather than nothing.
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
+        let start = out.len();
+        let encoded = pg::encode_error_response(
+            self.severity,
+            &self.code,
+            &self.message,
+            self.detail.as_deref(),
+            out,
+        );
+        if encoded.is_err() {
+            out.truncate(start);
+            let _ = pg::encode_error_response(
+                self.severity,
+                &self.code,
+                "connection failed",
+                None,
+                out,
+            );
+        }
+    }
 }
 
 fn fatal(code: &str, message: impl Into<String>) -> Option<ClientNotice> {

@@ -7,9 +7,9 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use suture_protocol::pg::{self, TxStatus, HEADER_LEN};
 
+use crate::postgres::book::Tracker;
 use crate::postgres::session_state::classify;
 use crate::postgres::statement::{Statement, StreamedStatement};
-use crate::postgres::tracker::Tracker;
 use crate::session::ledger::{Boundary, Reply, Traits, TxState};
 
 /// Traits of something Suture cannot read: it may do anything.
@@ -38,7 +38,7 @@ pub(crate) fn note_client_message(tag: u8, message: &[u8], tracker: &mut Tracker
             false
         }
         b'B' => {
-            tracker.portal_traits = match pg::parse_bind_statement(body) {
+            tracker.book.portal_traits = match pg::parse_bind_statement(body) {
                 Ok(name) => tracker.bound_traits(&String::from_utf8_lossy(name)),
                 Err(_) => UNKNOWN,
             };
@@ -61,7 +61,7 @@ pub(crate) fn note_client_message(tag: u8, message: &[u8], tracker: &mut Tracker
             let traits = Traits {
                 executes: true,
                 waits: true,
-                ..tracker.portal_traits
+                ..tracker.book.portal_traits
             };
             tracker.ledger.part(message, true, traits, None);
             false
@@ -191,7 +191,7 @@ pub(crate) fn note_streamed_piece(
             end_or_continue(tracker, piece, first, None);
         }
         b'B' => {
-            tracker.portal_traits = match request.name.as_deref() {
+            tracker.book.portal_traits = match request.name.as_deref() {
                 Some(name) => tracker.bound_traits(name),
                 None => UNKNOWN,
             };

@@ -13,13 +13,14 @@ use tokio::net::TcpStream;
 
 use crate::pool::Checkout;
 use crate::postgres::backend::{BackendConn, RunError};
+use crate::postgres::book::Tracker;
 use crate::postgres::cancel::{CancelHandle, CancelTarget};
 use crate::postgres::client_login::{self, ClientLogin, LoginOutcome};
-use crate::postgres::command_phase;
 use crate::postgres::context::{PgManager, PgService};
 use crate::postgres::errors::{ClientError, ClientNotice};
-use crate::postgres::tracker::Tracker;
+use crate::postgres::hooks::PgHooks;
 use crate::postgres::wire;
+use crate::session::command_phase;
 use crate::session::ledger::TxState;
 
 /// Serves one client connection until it ends. Never panics on client input; every error is
@@ -27,7 +28,7 @@ use crate::session::ledger::TxState;
 /// in logs.
 pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream, client_id: u64) {
     let mut buf = BytesMut::with_capacity(1024);
-    let login_limit = svc.config.timeouts.client_login;
+    let login_limit = svc.core.config.timeouts.client_login;
     let login = match tokio::time::timeout(
         login_limit,
         client_login::login(&svc, &mut stream, &mut buf),
@@ -43,7 +44,7 @@ pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream, client_id:
         Err(err) => return fail(&svc, &mut stream, err).await,
     };
     let key = login.key();
-    let mut checkout = match svc.pool.checkout(&key).await {
+    let mut checkout = match svc.core.pool.checkout(&key).await {
         Ok(checkout) => checkout,
         Err(err) => return fail(&svc, &mut stream, ClientError::Pool(err)).await,
     };
@@ -61,13 +62,21 @@ pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream, client_id:
         Ok(reply) => reply,
         Err(err) => return fail(&svc, &mut stream, ClientError::from(err)).await,
     };
-    if let Err(err) = wire::write_all(&mut stream, &reply, svc.config.timeouts.client_write).await {
+    if let Err(err) =
+        wire::write_all(&mut stream, &reply, svc.core.config.timeouts.client_write).await
+    {
         tracing::debug!(error = %err, "client left during login");
         return;
     }
     metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "accepted").increment(1);
-    tracing::debug!(client = client_id, user = %login.user, database = %login.database, backend_pid = conn.process_id, "session started");
-    command_phase::run(&svc, stream, buf, checkout, &login, &cancel, client_id).await;
+    tracing::debug!(client = client_id, user = %login.user, database = %login.database, backend_id = conn.process_id, "session started");
+    let hooks = PgHooks {
+        svc: &svc,
+        login: &login,
+        cancel: &cancel,
+        client_process_id: conn.process_id,
+    };
+    command_phase::run(hooks, stream, buf, checkout, client_id).await;
 }
 
 /// A client over `max_client_connections` is answered as PostgreSQL answers it: after the SSL
@@ -77,8 +86,8 @@ pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream, client_id:
 pub(crate) async fn refuse_at_cap(svc: Arc<PgService>, mut stream: TcpStream) {
     metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "rejected")
         .increment(1);
-    if let Some(suppressed) = svc.log_limit.allow("rejected") {
-        tracing::info!(pool = %svc.config.name, limit = svc.config.sizes.max_client_connections, suppressed, "client refused: too many clients already (max_client_connections)");
+    if let Some(suppressed) = svc.core.log_limit.allow("rejected") {
+        tracing::info!(pool = %svc.core.config.name, limit = svc.core.config.sizes.max_client_connections, suppressed, "client refused: too many clients already (max_client_connections)");
     }
     let refuse = async {
         let mut buf = BytesMut::new();
@@ -89,10 +98,10 @@ pub(crate) async fn refuse_at_cap(svc: Arc<PgService>, mut stream: TcpStream) {
                 message: "sorry, too many clients already".to_owned(),
                 detail: None,
             };
-            send_notice(&mut stream, &notice, svc.config.timeouts.client_write).await;
+            send_notice(&mut stream, &notice, svc.core.config.timeouts.client_write).await;
         }
     };
-    let _ = tokio::time::timeout(svc.config.timeouts.client_login, refuse).await;
+    let _ = tokio::time::timeout(svc.core.config.timeouts.client_login, refuse).await;
 }
 
 /// Tells the client why it cannot be served, counts and logs it (rate-limited per cause: a
@@ -102,14 +111,14 @@ async fn fail(svc: &PgService, stream: &mut TcpStream, err: ClientError) {
     let label = err.metrics_label();
     metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => label)
         .increment(1);
-    if let Some(suppressed) = svc.log_limit.allow(label) {
-        tracing::info!(pool = %svc.config.name, error = %err, suppressed, "client refused");
+    if let Some(suppressed) = svc.core.log_limit.allow(label) {
+        tracing::info!(pool = %svc.core.config.name, error = %err, suppressed, "client refused");
     }
     if matches!(err, ClientError::AuthFailed(_)) {
-        tokio::time::sleep(svc.config.timeouts.auth_failure_delay).await;
+        tokio::time::sleep(svc.core.config.timeouts.auth_failure_delay).await;
     }
-    if let Some(notice) = err.notice(&svc.config.name) {
-        send_notice(stream, &notice, svc.config.timeouts.client_write).await;
+    if let Some(notice) = err.notice(&svc.core.config.name) {
+        send_notice(stream, &notice, svc.core.config.timeouts.client_write).await;
     }
 }
 
@@ -119,24 +128,7 @@ pub(super) async fn send_notice<W: tokio::io::AsyncWrite + Unpin>(
     limit: std::time::Duration,
 ) {
     let mut out = BytesMut::new();
-    let encoded = pg::encode_error_response(
-        notice.severity,
-        &notice.code,
-        &notice.message,
-        notice.detail.as_deref(),
-        &mut out,
-    );
-    if encoded.is_err() {
-        // Only a NUL inside a server-provided text can get here: say less rather than nothing.
-        out.clear();
-        let _ = pg::encode_error_response(
-            notice.severity,
-            &notice.code,
-            "connection failed",
-            None,
-            &mut out,
-        );
-    }
+    notice.encode(&mut out);
     // Best effort: the client may already be gone.
     let _ = wire::write_all(writer, &out, limit).await;
 }
@@ -160,7 +152,7 @@ fn login_reply(
 /// Brings the backend's run-time settings to what this client asked for at startup: SET what
 /// differs, RESET what a previous client set and this one did not ask for. Nothing is sent
 /// when the backend already matches.
-pub(super) async fn apply_settings(
+pub(crate) async fn apply_settings(
     svc: &PgService,
     conn: &mut BackendConn,
     login: &ClientLogin,
@@ -171,8 +163,8 @@ pub(super) async fn apply_settings(
     };
     conn.run_internal(
         &sql,
-        svc.config.timeouts.reset,
-        svc.config.limits.max_message_size,
+        svc.core.config.timeouts.reset,
+        svc.core.config.limits.max_message_size,
     )
     .await?;
     conn.applied = wanted;
@@ -233,17 +225,17 @@ fn quote_guc_name(name: &str) -> String {
 /// changed state), else closes it. The client's cancel key is retired first, and the reset
 /// waits for the client's cancels still on their way, so none can reach the next client's
 /// statements.
-pub(super) async fn release(
+pub(crate) async fn release(
     svc: &PgService,
     mut checkout: Checkout<PgManager>,
     tracker: &Tracker,
     cancel: &CancelHandle,
 ) {
-    let settled = cancel.retire(svc.config.timeouts.connect).await;
+    let settled = cancel.retire(svc.core.config.timeouts.connect).await;
     let conn = checkout.conn();
     let (limit, max) = (
-        svc.config.timeouts.reset,
-        svc.config.limits.max_message_size,
+        svc.core.config.timeouts.reset,
+        svc.core.config.limits.max_message_size,
     );
     // Dropping the checkout closes the connection: done when it is broken, when requests are
     // still unanswered (its state is unknown), inside an implicit transaction, or when a cancel
@@ -269,7 +261,7 @@ pub(super) async fn release(
     }
     for sql in statements {
         if let Err(err) = conn.run_internal(sql, limit, max).await {
-            tracing::info!(pool = %svc.config.name, error = %err, "backend reset failed; closing it");
+            tracing::info!(pool = %svc.core.config.name, error = %err, "backend reset failed; closing it");
             return;
         }
     }

@@ -301,6 +301,18 @@ impl<N> Ledger<N> {
         self.append_to_newest(message);
     }
 
+    /// The client message that ends a request the backend answers with nothing (MySQL
+    /// COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA): it is done once the backend accepted all of
+    /// it.
+    #[allow(dead_code)] // MySQL (issue 12) is the first user.
+    pub(crate) fn end_unanswered(&mut self, message: &[u8], traits: Traits, note: N) {
+        let request = self.open_request(|| note);
+        request.boundary = Some(Boundary::Command);
+        request.traits.merge(traits);
+        request.skipped = true;
+        self.append_to_newest(message);
+    }
+
     /// Bytes that continue the newest request in flight (COPY data after its command); with
     /// none in flight they belong to no request.
     pub(crate) fn continuation(&mut self, bytes: &[u8]) {
@@ -409,6 +421,8 @@ impl<N> Ledger<N> {
                     }
                 }
                 self.tx = tx;
+                // Requests without a reply behind it, sent whole already, are done too.
+                self.complete_sent_skipped(on_complete);
             }
         }
     }
@@ -685,6 +699,20 @@ mod tests {
         l.end(b"H", Boundary::Flush, NOTHING, 2);
         assert!(accept(&mut l, 1).is_empty());
         assert_eq!(accept(&mut l, 1), vec![2]);
+    }
+
+    #[test]
+    fn requests_without_a_reply_are_done_once_sent_and_in_turn() {
+        let mut l = ledger();
+        l.end_unanswered(b"close", NOTHING, 1);
+        assert!(accept(&mut l, 4).is_empty(), "not sent whole yet");
+        assert_eq!(accept(&mut l, 1), vec![1]);
+        // Behind a request that waits for its reply, it is done when its turn comes.
+        l.end(b"query", Boundary::Command, Q, 2);
+        l.end_unanswered(b"close", NOTHING, 3);
+        assert!(accept(&mut l, 10).is_empty());
+        assert_eq!(done(&mut l, Reply::Ready(TxState::Idle), 7), vec![2, 3]);
+        assert!(l.is_empty());
     }
 
     #[test]

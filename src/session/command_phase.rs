@@ -1,7 +1,8 @@
-//! The command phase of one session: relay until the client leaves, rotate or check the backend
-//! when the session is quiet, and hand a lost backend to `loss` (DESIGN §3, §4). A new backend
-//! always takes the place of the old one inside the pool slot the session holds. Finally the
-//! backend is released.
+//! The command phase of one session, for both protocols: relay until the client leaves, rotate
+//! or check the backend when the session is quiet, and hand a lost backend to `loss` (DESIGN
+//! §3, §4). A new backend always takes the place of the old one inside the pool slot the
+//! session holds. Finally the backend is released. What differs between protocols comes from
+//! the session's [`Hooks`].
 
 use std::time::{Duration, Instant};
 
@@ -11,45 +12,35 @@ use tokio::net::TcpStream;
 
 use crate::heal::RefusalReason;
 use crate::ops::pool_state::EventKind;
-use crate::pool::{Checkout, PoolError};
-use crate::postgres::backend::{BackendConn, BackendError, RunError};
-use crate::postgres::cancel::{CancelHandle, CancelTarget};
-use crate::postgres::client_login::ClientLogin;
-use crate::postgres::context::{PgManager, PgService};
-use crate::postgres::deadlines::BackendWatch;
-use crate::postgres::errors::{ClientError, ClientNotice};
-use crate::postgres::lost;
-use crate::postgres::relay::{
-    self, BackendSide, BackendStream, ClientBoundary, ClientStream, RelayEnd, RelayLimits,
+use crate::pool::{Checkout, Manager, PoolError};
+use crate::session::deadlines::BackendWatch;
+use crate::session::hooks::{Hooks, Prepare};
+use crate::session::link::{Link, LinkParts};
+use crate::session::relay::{
+    self, BackendStream, ClientBoundary, ClientStream, RelayEnd, RelayLimits,
 };
-use crate::postgres::restore;
-use crate::postgres::session::{apply_settings, release, send_notice};
-use crate::postgres::tracker::Shared;
-use crate::postgres::wire::WireError;
+use crate::session::tracker::Shared;
+use crate::wire::{self, WireError};
 
 /// One session's command phase.
-pub(super) struct CommandPhase<'a> {
-    pub(super) svc: &'a PgService,
-    pub(super) login: &'a ClientLogin,
-    pub(super) cancel: &'a CancelHandle,
-    pub(super) client_read: OwnedReadHalf,
-    pub(super) client_write: OwnedWriteHalf,
+pub(crate) struct CommandPhase<H: Hooks> {
+    pub(crate) hooks: H,
+    pub(crate) client_read: OwnedReadHalf,
+    pub(crate) client_write: OwnedWriteHalf,
     /// Client bytes not yet sent to a backend.
-    pub(super) cbuf: BytesMut,
+    pub(crate) cbuf: BytesMut,
     /// The framing of the client's stream, which outlives backends.
-    pub(super) client: ClientStream,
+    pub(crate) client: ClientStream<H::Client>,
     /// The framing of the current backend's stream and its reply bytes not yet written.
-    pub(super) backend: BackendStream,
-    pub(super) checkout: Checkout<PgManager>,
-    pub(super) shared: Shared,
-    pub(super) boundary: ClientBoundary,
-    pub(super) limits: RelayLimits,
-    /// The process ID the client was told at login: its identity across heals.
-    client_process_id: i32,
+    pub(crate) backend: BackendStream<H::Backend>,
+    pub(crate) checkout: Checkout<H::Manager>,
+    pub(crate) shared: Shared<H::Book>,
+    pub(crate) boundary: ClientBoundary,
+    pub(crate) limits: RelayLimits,
     /// When the current backend is to be rotated out.
     next_rotation: Option<Instant>,
     /// Names the session in logs.
-    pub(super) client_id: u64,
+    pub(crate) client_id: u64,
 }
 
 /// How long a backend past its lifetime keeps serving when no fresh one could be had.
@@ -58,61 +49,50 @@ const ROTATION_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 /// on it.
 const FRESH_BACKEND_RETRY: Duration = Duration::from_millis(100);
 
-/// Why preparing a new backend for the session failed.
-enum Prepare {
-    /// The new backend's connection failed.
-    Lost(RunError),
-    /// The client's startup settings were refused.
-    Settings(RunError),
-    /// The session state could not be rebuilt.
-    Restore(RunError),
-}
-
 /// What to do after handling an event of the relay.
-pub(super) enum Next {
+pub(crate) enum Next {
     /// Relay again.
     Resume,
     /// The session is over.
     End,
 }
 
-/// Runs the command phase, then releases the backend.
-pub(super) async fn run(
-    svc: &PgService,
+/// Runs the command phase of a client whose login is done and whose backend is `checkout`,
+/// then releases the backend.
+pub(crate) async fn run<H: Hooks>(
+    hooks: H,
     stream: TcpStream,
     cbuf: BytesMut,
-    checkout: Checkout<PgManager>,
-    login: &ClientLogin,
-    cancel: &CancelHandle,
+    checkout: Checkout<H::Manager>,
     client_id: u64,
 ) {
     let (client_read, client_write) = stream.into_split();
-    let max = svc.config.limits.max_message_size;
+    let core = hooks.core();
+    let limits = RelayLimits {
+        max_message_size: core.config.limits.max_message_size,
+        client_write: core.config.timeouts.client_write,
+        backend_write: core.config.timeouts.backend_write,
+    };
+    let budget = std::sync::Arc::clone(&core.buffer_budget);
+    let request_duration = core.request_duration.clone();
+    let mut drain = core.drain.clone();
+    let client = ClientStream::new(hooks.client_framer(), budget);
+    let backend = BackendStream::new(hooks.adopt(checkout.conn_ref()));
     let mut phase = CommandPhase {
-        svc,
-        login,
-        cancel,
+        hooks,
         client_read,
         client_write,
         cbuf,
-        client: ClientStream::new(max, std::sync::Arc::clone(&svc.buffer_budget)),
-        backend: BackendStream::new(max),
+        client,
+        backend,
+        next_rotation: checkout.retire_at(),
         checkout,
         shared: Shared::default(),
         boundary: ClientBoundary::default(),
-        limits: RelayLimits {
-            max_message_size: max,
-            client_write: svc.config.timeouts.client_write,
-            backend_write: svc.config.timeouts.backend_write,
-        },
-        client_process_id: 0,
-        next_rotation: None,
+        limits,
         client_id,
     };
-    phase.client_process_id = phase.checkout.conn().process_id;
-    phase.next_rotation = phase.checkout.retire_at();
-    phase.shared.lock().request_duration = svc.request_duration.clone();
-    let mut drain = svc.drain.clone();
+    phase.shared.lock().request_duration = request_duration;
     loop {
         let Some(end) = phase.relay_or_drain(&mut drain).await else {
             match phase.close_if_at_rest().await {
@@ -134,34 +114,28 @@ pub(super) async fn run(
                 Next::End
             }
             RelayEnd::ClientProtocol(err) => {
-                phase.client_protocol_error(ClientError::from(err)).await;
-                return;
+                phase.client_protocol_error(&err).await;
+                Next::End
             }
             RelayEnd::OverBudget(bytes) => {
-                let notice = ClientNotice {
-                    severity: "FATAL",
-                    code: "53200".to_owned(),
-                    message: format!(
-                        "out of memory: a message of {bytes} bytes must arrive whole, and client messages already use the memory all sessions may hold (runtime.max_buffered_bytes)"
-                    ),
-                    detail: None,
-                };
-                if let Some(suppressed) = svc.log_limit.allow("over_budget") {
+                if let Some(suppressed) = phase.hooks.core().log_limit.allow("over_budget") {
                     tracing::warn!(pool = %phase.pool(), bytes, suppressed, "client refused: its message would pass runtime.max_buffered_bytes");
                 }
+                let notice = phase.hooks.over_budget_notice(bytes);
                 phase.tell(Some(notice)).await;
-                return;
+                Next::End
             }
+            RelayEnd::Local(len) => phase.local_request(len).await,
             RelayEnd::Rotate => phase.rotate().await,
             RelayEnd::CheckBackend => phase.check_backend().await,
             RelayEnd::Stalled => {
-                let waited = svc.config.timeouts.health_check_after;
+                let waited = phase.hooks.core().config.timeouts.health_check_after;
                 tracing::info!(pool = %phase.pool(), ?waited, "requests the server never makes wait got no answer; backend given up");
-                phase.checkout.conn().broken = true;
+                phase.checkout.conn().set_broken();
                 phase.backend_lost(&WireError::Timeout(waited)).await
             }
             RelayEnd::BackendGone(err) => {
-                phase.checkout.conn().broken = true;
+                phase.checkout.conn().set_broken();
                 phase.backend_lost(&err).await
             }
         };
@@ -171,12 +145,12 @@ pub(super) async fn run(
     }
     let tracker = std::mem::take(&mut *phase.shared.lock());
     drop(phase.client_write);
-    release(svc, phase.checkout, &tracker, cancel).await;
+    phase.hooks.release(phase.checkout, &tracker).await;
 }
 
-impl CommandPhase<'_> {
-    pub(super) fn pool(&self) -> &str {
-        &self.svc.config.name
+impl<H: Hooks> CommandPhase<H> {
+    pub(crate) fn pool(&self) -> &str {
+        self.hooks.core().name()
     }
 
     /// Swaps a backend past its maximum lifetime for a fresh one while the client is at rest
@@ -208,45 +182,36 @@ impl CommandPhase<'_> {
         }
     }
 
-    /// Checks the backend of a quiet session with an empty query, so a black-holed flow is
-    /// found before the client needs it (DESIGN §5); a failed check is a lost backend.
+    /// Checks the backend of a quiet session with the protocol's cheapest round trip, so a
+    /// black-holed flow is found before the client needs it (DESIGN §5); a failed check is a
+    /// lost backend.
     async fn check_backend(&mut self) -> Next {
-        let (limit, max) = (
-            self.svc.config.timeouts.health_check_timeout,
-            self.svc.config.limits.max_message_size,
-        );
-        match self.checkout.conn().run_internal("", limit, max).await {
-            Ok(()) => Next::Resume,
-            Err(err) => {
-                metrics::counter!("suture_backend_closes_total", "pool" => self.pool().to_owned(), "reason" => "health_check")
-                    .increment(1);
-                self.checkout.conn().broken = true;
-                self.backend_lost(&WireError::Io(std::io::Error::other(err.to_string())))
-                    .await
-            }
+        let core = self.hooks.core();
+        let limit = core.config.timeouts.health_check_timeout;
+        let check = core.pool.manager().health_check(self.checkout.conn());
+        let healthy = matches!(tokio::time::timeout(limit, check).await, Ok(true));
+        if healthy {
+            return Next::Resume;
         }
+        metrics::counter!("suture_backend_closes_total", "pool" => self.pool().to_owned(), "reason" => "health_check")
+            .increment(1);
+        self.checkout.conn().set_broken();
+        let failed = std::io::Error::other("the health check of the session's backend failed");
+        self.backend_lost(&WireError::Io(failed)).await
     }
 
     /// Relays in both directions until one side ends.
-    pub(super) async fn relay(&mut self) -> RelayEnd {
+    pub(crate) async fn relay(&mut self) -> RelayEnd {
         let retire_at = self.next_rotation;
-        let BackendConn {
+        let LinkParts {
             reader,
             writer,
             rbuf,
-            params,
-            process_id,
             probe,
-            ..
-        } = self.checkout.conn();
-        let side = BackendSide {
-            client_process_id: self.client_process_id,
-            backend_process_id: *process_id,
-            params,
-            boundary: &self.boundary,
-        };
+            extra,
+        } = self.checkout.conn().parts();
         let check_after =
-            Some(self.svc.config.timeouts.health_check_after).filter(|d| !d.is_zero());
+            Some(self.hooks.core().config.timeouts.health_check_after).filter(|d| !d.is_zero());
         let watch = BackendWatch {
             probe,
             retire_at,
@@ -268,11 +233,12 @@ impl CommandPhase<'_> {
             &mut self.backend,
             &mut self.client_write,
             &self.shared,
-            side,
+            extra,
+            &self.boundary,
             self.limits,
         );
         // The backend direction is polled first: whatever the backend sent while the session
-        // was quiet (an unsolicited FATAL, a FIN) is seen before a new request is written.
+        // was quiet (an unsolicited fatal error, a FIN) is seen before a new request is written.
         tokio::select! {
             biased;
             end = down => end,
@@ -280,22 +246,33 @@ impl CommandPhase<'_> {
         }
     }
 
-    pub(super) async fn client_protocol_error(&mut self, err: ClientError) {
-        if let Some(suppressed) = self.svc.log_limit.allow("protocol_error") {
+    /// The client broke the protocol: it is told so (rate-limited in the log) and closed; its
+    /// backend is not replaced for it.
+    pub(crate) async fn client_protocol_error(&mut self, err: &suture_protocol::ProtocolError) {
+        if let Some(suppressed) = self.hooks.core().log_limit.allow("protocol_error") {
             tracing::info!(pool = %self.pool(), error = %err, suppressed, "client protocol violation; closing its connection");
         }
-        metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "protocol_error")
+        metrics::counter!("suture_client_connections_total", "protocol" => H::PROTOCOL, "result" => "protocol_error")
             .increment(1);
-        let notice = err.notice(self.pool());
-        self.tell(notice).await;
+        let notice = self.hooks.violation_notice(err);
+        self.tell(Some(notice)).await;
+    }
+
+    /// A request Suture answers itself. No protocol sends one yet: it is dropped with a
+    /// protocol error.
+    async fn local_request(&mut self, len: usize) -> Next {
+        let _ = len;
+        let err = suture_protocol::ProtocolError::Malformed("request not handled by Suture");
+        self.client_protocol_error(&err).await;
+        Next::End
     }
 
     /// A new backend in the session's own pool slot, with the client's settings and
     /// restorable state, the client's cancels pointed at it. Fresh backends that die while the
     /// session is restored on them are retried until the failover hold runs out. On failure
     /// the refusal is counted and the notice to send the client is returned.
-    pub(super) async fn replace_backend(&mut self) -> Result<(), ClientNotice> {
-        let timeouts = &self.svc.config.timeouts;
+    pub(crate) async fn replace_backend(&mut self) -> Result<(), H::Notice> {
+        let timeouts = &self.hooks.core().config.timeouts;
         let patience = if timeouts.failover_hold.is_zero() {
             timeouts.checkout
         } else {
@@ -312,87 +289,59 @@ impl CommandPhase<'_> {
                 if !unavailable {
                     self.count_refusal(RefusalReason::BackendUnavailable);
                 }
-                return Err(self.pool_notice(err));
+                return Err(self.hooks.pool_notice(err));
             }
             self.adopt_current();
-            let lost = match self.prepare().await {
+            let lost = match self.hooks.prepare(self.checkout.conn(), &self.shared).await {
                 Ok(()) => return Ok(()),
                 Err(Prepare::Lost(err)) => err,
                 Err(Prepare::Restore(err)) => {
                     tracing::warn!(pool = %self.pool(), error = %err, "session state could not be restored on the new backend");
                     self.count_refusal(RefusalReason::TaintedSession);
-                    return Err(lost::fatal_notice(RefusalReason::TaintedSession));
+                    return Err(self.hooks.refusal_notice(RefusalReason::TaintedSession));
                 }
-                Err(Prepare::Settings(err)) => {
-                    let notice = ClientError::Settings(err).notice(self.pool());
-                    return Err(notice
-                        .unwrap_or_else(|| lost::fatal_notice(RefusalReason::BackendUnavailable)));
-                }
+                Err(Prepare::Settings(notice)) => return Err(notice),
             };
-            self.checkout.conn().broken = true;
+            self.checkout.conn().set_broken();
             if Instant::now() >= deadline {
                 tracing::warn!(pool = %self.pool(), error = %lost, "every new backend was lost while the session was restored on it");
                 self.count_refusal(RefusalReason::BackendUnavailable);
-                return Err(lost::fatal_notice(RefusalReason::BackendUnavailable));
+                return Err(self.hooks.refusal_notice(RefusalReason::BackendUnavailable));
             }
             tracing::info!(pool = %self.pool(), error = %lost, "new backend lost while restoring the session; trying another");
             tokio::time::sleep(FRESH_BACKEND_RETRY).await;
         }
     }
 
-    /// What the client is told when the pool gives no backend (it names the pool, not the
-    /// server).
-    fn pool_notice(&self, err: PoolError<BackendError>) -> ClientNotice {
-        ClientError::Pool(err)
-            .notice(self.pool())
-            .unwrap_or_else(|| lost::fatal_notice(RefusalReason::BackendUnavailable))
-    }
-
     /// The connection now in the slot serves the session: its framing starts afresh, the
     /// client's cancels go to it, and its own maximum lifetime decides the next rotation.
     fn adopt_current(&mut self) {
-        self.backend = BackendStream::new(self.limits.max_message_size);
+        self.backend = BackendStream::new(self.hooks.adopt(self.checkout.conn_ref()));
         self.next_rotation = self.checkout.retire_at();
-        let conn = self.checkout.conn();
-        self.cancel.retarget(CancelTarget {
-            addr: conn.addr,
-            process_id: conn.process_id,
-            secret_key: conn.secret_key,
-        });
-    }
-
-    /// Applies the client's startup settings and restores its session state on the current
-    /// backend.
-    async fn prepare(&mut self) -> Result<(), Prepare> {
-        let conn = self.checkout.conn();
-        match apply_settings(self.svc, conn, self.login).await {
-            Ok(()) => {}
-            Err(err @ RunError::Wire(_)) => return Err(Prepare::Lost(err)),
-            Err(err) => return Err(Prepare::Settings(err)),
-        }
-        let state = std::mem::take(&mut self.shared.lock().state);
-        let (limit, max) = (
-            self.svc.config.timeouts.reset,
-            self.svc.config.limits.max_message_size,
-        );
-        let restored = restore::restore(self.checkout.conn(), &state, limit, max).await;
-        self.shared.lock().state = state;
-        restored.map_err(|err| match err {
-            RunError::Wire(_) => Prepare::Lost(err),
-            other => Prepare::Restore(other),
-        })
     }
 
     /// Sends `notice` if the client's stream is at a message boundary.
-    pub(super) async fn tell(&mut self, notice: Option<ClientNotice>) {
+    pub(crate) async fn tell(&mut self, notice: Option<H::Notice>) {
         if let (Some(notice), true) = (notice, self.boundary.at_boundary()) {
-            send_notice(&mut self.client_write, &notice, self.limits.client_write).await;
+            self.send_notice(&notice).await;
         }
     }
 
-    pub(super) fn count_refusal(&self, reason: RefusalReason) {
-        self.svc.ops.record(EventKind::Refusal, reason.label());
-        tracing::warn!(pool = %self.pool(), client = self.client_id, cause = reason.label(), backend_pid = self.checkout.conn_ref().process_id, "backend loss reported to the client");
+    /// Sends `notice` (best effort: the client may already be gone).
+    pub(crate) async fn send_notice(&mut self, notice: &H::Notice) {
+        let mut out = BytesMut::new();
+        self.hooks
+            .encode_notice(notice, &self.shared.lock().book, &mut out);
+        let _ = wire::write_all(&mut self.client_write, &out, self.limits.client_write).await;
+    }
+
+    pub(crate) fn count_refusal(&self, reason: RefusalReason) {
+        self.hooks
+            .core()
+            .ops
+            .record(EventKind::Refusal, reason.label());
+        let backend_id = <H::Manager as Manager>::conn_id(self.checkout.conn_ref());
+        tracing::warn!(pool = %self.pool(), client = self.client_id, cause = reason.label(), backend_id, "backend loss reported to the client");
         metrics::counter!("suture_replays_refused_total", "pool" => self.pool().to_owned(), "reason" => reason.label())
             .increment(1);
     }

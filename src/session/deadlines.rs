@@ -5,9 +5,9 @@
 use std::time::{Duration, Instant};
 
 use crate::liveness::Probe;
-use crate::postgres::relay::{ClientBoundary, RelayEnd};
-use crate::postgres::tracker::Tracker;
 use crate::session::ledger::TxState;
+use crate::session::relay::{ClientBoundary, RelayEnd};
+use crate::session::tracker::{Book, Tracker};
 
 /// How long to wait before looking again when a rotation is due but the session is busy.
 const ROTATION_RETRY: Duration = Duration::from_millis(500);
@@ -102,7 +102,7 @@ impl Deadlines {
 /// went unanswered all that time. Anything that may wait is left alone, however long it takes:
 /// a Parse or a statement waiting for a lock looks exactly like a black-holed flow, and a flow
 /// that really is gone fails the request's writes or TCP_USER_TIMEOUT.
-pub(crate) fn quiet_end(tracker: &Tracker) -> Option<RelayEnd> {
+pub(crate) fn quiet_end<B: Book>(tracker: &Tracker<B>) -> Option<RelayEnd> {
     let ledger = &tracker.ledger;
     if ledger.tx() != TxState::Idle {
         return None;

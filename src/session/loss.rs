@@ -1,4 +1,4 @@
-//! A lost backend, handled as DESIGN §3 says. First whatever the client was already given is
+//! A lost backend, handled as DESIGN §3 says, for both protocols. First whatever the client was already given is
 //! written out whole; then `heal::decide` chooses, on the ledger's facts:
 //!
 //! - heal: nothing was in flight, outside a transaction; a new backend takes the session's
@@ -18,22 +18,23 @@ use tokio::io::AsyncReadExt;
 use crate::heal::{self, After, Decision, LossFacts, RefusalReason, ReplayReason};
 use crate::ops::pool_state::EventKind;
 use crate::ops::series::IDLE_CLOSE_CAUSES;
-use crate::postgres::aborted::{self, AbortedEnd};
-use crate::postgres::command_phase::{CommandPhase, Next};
-use crate::postgres::errors::{ClientError, ClientNotice};
-use crate::postgres::lost;
-use crate::postgres::relay;
-use crate::postgres::session::send_notice;
-use crate::postgres::wire::{self, WireError};
+use crate::pool::Manager;
 use crate::retry_budget::replay_backoff;
+use crate::session::command_phase::{CommandPhase, Next};
+use crate::session::framing::ClientFramer;
+use crate::session::hooks::{AbortedEnd, Hooks, LostIo};
 use crate::session::ledger::{InFlight, TxEnd, TxState};
+use crate::session::link::Link;
+use crate::session::relay;
+use crate::session::tracker::Unsolicited;
+use crate::wire::{self, WireError};
 
-impl CommandPhase<'_> {
+impl<H: Hooks> CommandPhase<H> {
     /// Acts on the §3 decision for a lost backend.
-    pub(super) async fn backend_lost(&mut self, lost: &WireError) -> Next {
+    pub(crate) async fn backend_lost(&mut self, lost: &WireError) -> Next {
         let written = relay::write_pending(
             &mut self.client_write,
-            &mut self.checkout.conn().rbuf,
+            self.checkout.conn().rbuf(),
             &mut self.backend,
             &self.boundary,
             self.limits.client_write,
@@ -45,20 +46,20 @@ impl CommandPhase<'_> {
         }
         let (facts, fatal, cause) = {
             let tracker = self.shared.lock();
-            let cause = loss_cause(lost, tracker.unsolicited_fatal.as_deref());
+            let cause = loss_cause(lost, tracker.unsolicited.as_ref());
             (tracker.loss_facts(), tracker.fatal_code.clone(), cause)
         };
         if let Some(code) = fatal {
             // The backend's own FATAL reached the client: the session ends, as it would have
             // on the server. (A client can cause this at will, by breaking the protocol.)
-            if let Some(suppressed) = self.svc.log_limit.allow("backend_fatal") {
+            if let Some(suppressed) = self.hooks.core().log_limit.allow("backend_fatal") {
                 tracing::info!(pool = %self.pool(), error = %lost, code, suppressed, "backend ended the session with a FATAL error");
             }
             return Next::End;
         }
-        let decision = heal::decide(facts, &mut &self.svc.replay_budget);
-        let backend_pid = self.checkout.conn_ref().process_id;
-        tracing::warn!(pool = %self.pool(), client = self.client_id, cause, backend_pid, error = %lost, ?decision, ?facts, "backend connection lost");
+        let decision = heal::decide(facts, &mut &self.hooks.core().replay_budget);
+        let backend_id = <H::Manager as Manager>::conn_id(self.checkout.conn_ref());
+        tracing::warn!(pool = %self.pool(), client = self.client_id, cause, backend_id, error = %lost, ?decision, ?facts, "backend connection lost");
         if !self.backend.ends_at_boundary() {
             if let Decision::Refuse(reason) = decision {
                 self.count_refusal(reason);
@@ -67,11 +68,11 @@ impl CommandPhase<'_> {
             return Next::End;
         }
         match decision {
-            Decision::Heal => self.heal(cause, backend_pid).await,
-            Decision::Replay(reason) => self.replay(reason, backend_pid).await,
+            Decision::Heal => self.heal(cause, backend_id).await,
+            Decision::Replay(reason) => self.replay(reason, backend_id).await,
             Decision::Refuse(RefusalReason::TaintedSession) => {
                 self.count_refusal(RefusalReason::TaintedSession);
-                let notice = lost::fatal_notice(RefusalReason::TaintedSession);
+                let notice = self.hooks.refusal_notice(RefusalReason::TaintedSession);
                 self.end_with(notice, facts.in_flight == 0).await;
                 Next::End
             }
@@ -85,9 +86,9 @@ impl CommandPhase<'_> {
     /// Nothing was in flight: a new backend, the state restored, nobody notices. If none can
     /// be had, the client is told when it next asks for something (so a client that stays
     /// quiet through an outage loses nothing).
-    async fn heal(&mut self, cause: &'static str, lost_pid: i32) -> Next {
+    async fn heal(&mut self, cause: &'static str, lost: i64) -> Next {
         if IDLE_CLOSE_CAUSES.contains(&cause) {
-            self.svc.ops.record(EventKind::IdleClose, cause);
+            self.hooks.core().ops.record(EventKind::IdleClose, cause);
             metrics::counter!("suture_backend_idle_closes_total", "pool" => self.pool().to_owned(), "cause" => cause)
                 .increment(1);
         }
@@ -112,14 +113,15 @@ impl CommandPhase<'_> {
         self.shared.lock().reset_requests(TxState::Idle);
         metrics::counter!("suture_session_heals_total", "pool" => self.pool().to_owned())
             .increment(1);
-        self.svc.ops.record(EventKind::Heal, cause);
-        tracing::info!(pool = %self.pool(), client = self.client_id, cause, backend_pid = lost_pid, new_backend_pid = self.checkout.conn_ref().process_id, "backend swapped under an idle session");
+        self.hooks.core().ops.record(EventKind::Heal, cause);
+        let new_backend_id = <H::Manager as Manager>::conn_id(self.checkout.conn_ref());
+        tracing::info!(pool = %self.pool(), client = self.client_id, cause, backend_id = lost, new_backend_id, "backend swapped under an idle session");
         Next::Resume
     }
 
     /// Sends the requests in flight again on a new backend: what the lost one had accepted
     /// (kept by the ledger) in front of what it never got.
-    async fn replay(&mut self, reason: ReplayReason, lost_pid: i32) -> Next {
+    async fn replay(&mut self, reason: ReplayReason, lost: i64) -> Next {
         let (again, drop_to, attempt) = {
             let mut tracker = self.shared.lock();
             tracker.replays += 1;
@@ -133,8 +135,11 @@ impl CommandPhase<'_> {
         }
         metrics::counter!("suture_replays_total", "pool" => self.pool().to_owned(), "reason" => reason.label())
             .increment(1);
-        self.svc.ops.record(EventKind::Replay, reason.label());
-        tracing::info!(pool = %self.pool(), client = self.client_id, cause = reason.label(), backend_pid = lost_pid, attempt, "requests replayed on a new backend");
+        self.hooks
+            .core()
+            .ops
+            .record(EventKind::Replay, reason.label());
+        tracing::info!(pool = %self.pool(), client = self.client_id, cause = reason.label(), backend_id = lost, attempt, "requests replayed on a new backend");
         tokio::time::sleep(replay_backoff(attempt)).await;
         if let Err(notice) = self.replace_backend().await {
             self.tell(Some(notice)).await;
@@ -173,9 +178,15 @@ impl CommandPhase<'_> {
         };
         let (answers, after) = heal::answers(&requests, facts.tx, reason);
         let mut out = BytesMut::new();
-        for (answer, request) in answers.into_iter().zip(&kept) {
-            if lost::encode_answer(answer, request.as_deref(), &mut out).is_err() {
-                return Next::End;
+        {
+            let tracker = self.shared.lock();
+            for (answer, request) in answers.into_iter().zip(&kept) {
+                let encoded =
+                    self.hooks
+                        .encode_answer(answer, request.as_deref(), &tracker.book, &mut out);
+                if encoded.is_err() {
+                    return Next::End;
+                }
             }
         }
         self.restart_client_stream(drop_to);
@@ -206,17 +217,15 @@ impl CommandPhase<'_> {
         if !self.skip_discarded().await {
             return Next::End;
         }
-        let (max, limit) = (self.limits.max_message_size, self.limits.client_write);
-        let end = aborted::serve(
-            &mut self.client_read,
-            &mut self.cbuf,
-            &mut self.client_write,
-            &self.shared,
-            mode,
-            max,
-            limit,
-        )
-        .await;
+        let io = LostIo {
+            client_read: &mut self.client_read,
+            cbuf: &mut self.cbuf,
+            client_write: &mut self.client_write,
+            shared: &self.shared,
+            max_message_size: self.limits.max_message_size,
+            write_limit: self.limits.client_write,
+        };
+        let end = self.hooks.serve_lost_transaction(io, mode).await;
         match end {
             AbortedEnd::TransactionEnded => Next::Resume,
             AbortedEnd::ClientGone(err) => {
@@ -224,7 +233,7 @@ impl CommandPhase<'_> {
                 Next::End
             }
             AbortedEnd::ClientProtocol(err) => {
-                self.client_protocol_error(ClientError::from(err)).await;
+                self.client_protocol_error(&err).await;
                 Next::End
             }
         }
@@ -240,13 +249,13 @@ impl CommandPhase<'_> {
             .unwrap_or(usize::MAX)
             .min(self.cbuf.len());
         let dropped_everything_read = drop >= client.scanned;
-        client.discard = if dropped_everything_read && client.scanner.in_message() {
-            client.scanner.remaining()
+        client.discard = if dropped_everything_read && client.framer.in_message() {
+            client.framer.remaining()
         } else {
             0
         };
         self.cbuf.advance(drop);
-        client.restart(self.limits.max_message_size);
+        client.restart();
     }
 
     /// Reads and drops the rest of a message streamed to a lost backend; false if the client
@@ -272,26 +281,26 @@ impl CommandPhase<'_> {
         {
             return false;
         }
-        self.cbuf.first() != Some(&b'X')
+        !self.hooks.is_quit(&self.cbuf)
     }
 
     /// Tells the client `notice`; the session then ends. When nothing was in flight it is sent
     /// as the answer to the client's next request, so drivers that drop an error arriving
     /// while idle (tokio-postgres) still read it.
-    async fn end_with(&mut self, notice: ClientNotice, idle: bool) {
+    async fn end_with(&mut self, notice: H::Notice, idle: bool) {
         if idle && !self.wait_for_request().await {
             return;
         }
-        send_notice(&mut self.client_write, &notice, self.limits.client_write).await;
+        self.send_notice(&notice).await;
     }
 }
 
 /// The cause label of a lost backend, as `suture_backend_idle_closes_total` names them when the
-/// session was idle: an unsolicited FATAL (`57P05` is the server's idle timeout), a FIN, an
-/// RST; `error` for anything else (a failed health check, a timeout).
-fn loss_cause(lost: &WireError, unsolicited_fatal: Option<&str>) -> &'static str {
-    match (unsolicited_fatal, lost) {
-        (Some(crate::postgres::tracker::IDLE_SESSION_TIMEOUT), _) => "idle_timeout_notice",
+/// session was idle: an unsolicited fatal error (the server's idle timeout, or another), a FIN,
+/// an RST; `error` for anything else (a failed health check, a timeout).
+fn loss_cause(lost: &WireError, unsolicited: Option<&Unsolicited>) -> &'static str {
+    match (unsolicited, lost) {
+        (Some(u), _) if u.idle_timeout => "idle_timeout_notice",
         (Some(_), _) => "server_error",
         (None, WireError::Closed) => "fin",
         (None, WireError::Io(err)) if is_reset(err) => "rst",
@@ -311,12 +320,20 @@ mod tests {
     #[test]
     fn causes_of_a_loss() {
         let rst = WireError::Io(std::io::ErrorKind::ConnectionReset.into());
+        let idle = Unsolicited {
+            code: "57P05".to_owned(),
+            idle_timeout: true,
+        };
+        let terminated = Unsolicited {
+            code: "57P01".to_owned(),
+            idle_timeout: false,
+        };
         assert_eq!(
-            loss_cause(&WireError::Closed, Some("57P05")),
+            loss_cause(&WireError::Closed, Some(&idle)),
             "idle_timeout_notice"
         );
         assert_eq!(
-            loss_cause(&WireError::Closed, Some("57P01")),
+            loss_cause(&WireError::Closed, Some(&terminated)),
             "server_error"
         );
         assert_eq!(loss_cause(&WireError::Closed, None), "fin");

@@ -1,8 +1,9 @@
-//! The command phase: bytes relayed in both directions at once, message-aware but zero-copy.
+//! The command phase: bytes relayed in both directions at once, message-aware but zero-copy,
+//! for both protocols.
 //!
-//! Each direction reads into its own buffer, walks the complete messages with the protocol
-//! crate's `Scanner` (huge DataRow/CopyData messages stream through in pieces), records what
-//! DESIGN §3 needs in the session's ledger (`messages`), and writes every forwardable prefix.
+//! Each direction reads into its own buffer, has the protocol's framer walk the complete
+//! messages (huge rows and requests stream through in pieces) and record what DESIGN §3 needs
+//! in the session's ledger, and writes every forwardable prefix.
 //! Both directions run as two futures of one task, and either may be dropped when the other
 //! ends, so everything they must not lose lives outside them: the buffers, the scanners (a
 //! COPY or a large row continues across a heal), and the reply bytes already recorded but not
@@ -14,19 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use suture_protocol::pg::{self, Scanner, Step, HEADER_LEN};
 use suture_protocol::ProtocolError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::liveness::{Liveness, Probe};
-use crate::postgres::deadlines::{far_or, quiet_end, BackendWatch, Deadlines};
-use crate::postgres::messages::{
-    classify_backend, note_client_message, note_streamed_piece, BackendMessage, StreamedRequest,
-};
-use crate::postgres::tracker::Shared;
-use crate::postgres::wire::WireError;
 use crate::session::budget::{BufferBudget, Reservation};
-use crate::session::ledger::Reply;
+use crate::session::deadlines::{far_or, quiet_end, BackendWatch, Deadlines};
+use crate::session::framing::{BackendFramer, ClientFramer, Scanned, Walked};
+use crate::session::tracker::{Book, Shared};
+use crate::wire::WireError;
 
 /// Held (unsent) extended-protocol bytes above this are sent without waiting for Sync.
 const MAX_HELD_BATCH: usize = 1024 * 1024;
@@ -55,8 +52,11 @@ pub(crate) struct RelayLimits {
 /// How a relay direction ended.
 #[derive(Debug)]
 pub(crate) enum RelayEnd {
-    /// The client sent Terminate.
+    /// The client said goodbye (PostgreSQL Terminate, MySQL COM_QUIT).
     ClientTerminated,
+    /// The client sent a request Suture answers itself (it is at the front of the client
+    /// buffer, `len` bytes long); everything before it was sent.
+    Local(usize),
     /// The client closed its socket (or it failed).
     ClientGone(WireError),
     /// The client sent bytes that are not valid protocol.
@@ -95,10 +95,9 @@ impl ClientBoundary {
 
 /// The client direction's state that outlives one relay call: the client's stream is framed
 /// continuously, whichever backend serves it.
-pub(crate) struct ClientStream {
-    pub(crate) scanner: Scanner,
-    /// The request being streamed in pieces, if one is.
-    pub(crate) streamed: Option<StreamedRequest>,
+pub(crate) struct ClientStream<F> {
+    /// The protocol's framing of the client's stream.
+    pub(crate) framer: F,
     /// Bytes at the front of the client buffer already walked and registered in the ledger.
     pub(crate) scanned: usize,
     /// Bytes at the front of the client buffer that may be sent (a whole batch, a command),
@@ -115,11 +114,10 @@ pub(crate) struct ClientStream {
     reservation: Reservation,
 }
 
-impl ClientStream {
-    pub(crate) fn new(max_message_size: usize, budget: Arc<BufferBudget>) -> ClientStream {
+impl<F> ClientStream<F> {
+    pub(crate) fn new(framer: F, budget: Arc<BufferBudget>) -> ClientStream<F> {
         ClientStream {
-            scanner: Scanner::for_client(max_message_size).streaming_requests(),
-            streamed: None,
+            framer,
             scanned: 0,
             sendable: 0,
             written: 0,
@@ -130,9 +128,11 @@ impl ClientStream {
     }
 
     /// Frames the client's stream afresh from a message boundary (after a loss).
-    pub(crate) fn restart(&mut self, max_message_size: usize) {
-        self.scanner = Scanner::for_client(max_message_size).streaming_requests();
-        self.streamed = None;
+    pub(crate) fn restart(&mut self)
+    where
+        F: ClientFramer,
+    {
+        self.framer.restart();
         self.scanned = 0;
         self.sendable = 0;
         self.written = 0;
@@ -141,14 +141,16 @@ impl ClientStream {
 
     /// Makes sure the client buffer may hold what it holds and the whole of the message that
     /// is arriving (its length is in its header); false if that passes the budget.
-    fn cover(&mut self, cbuf: &BytesMut) -> bool {
-        let arriving = if self.scanner.in_message() {
+    fn cover(&mut self, cbuf: &BytesMut) -> bool
+    where
+        F: ClientFramer,
+    {
+        let arriving = if self.framer.in_message() {
             0
         } else {
-            pg::parse_header(&cbuf[self.scanned..], usize::MAX)
-                .ok()
-                .flatten()
-                .map_or(0, |h| self.scanned + h.len)
+            self.framer
+                .arriving(&cbuf[self.scanned..])
+                .map_or(0, |len| self.scanned + len)
         };
         self.reservation.cover(cbuf.len().max(arriving))
     }
@@ -164,42 +166,47 @@ impl ClientStream {
 }
 
 /// The backend direction's state that outlives one relay call, for one backend connection.
-pub(crate) struct BackendStream {
-    pub(crate) scanner: Scanner,
+pub(crate) struct BackendStream<F> {
+    /// The protocol's framing of the backend's replies.
+    pub(crate) framer: F,
     /// Bytes at the front of the backend's read buffer that were recorded as forwarded and
     /// must reach the client before anything else does.
     pub(crate) pending: usize,
     read_size: ReadSize,
 }
 
-impl BackendStream {
-    pub(crate) fn new(max_message_size: usize) -> BackendStream {
+impl<F> BackendStream<F> {
+    pub(crate) fn new(framer: F) -> BackendStream<F> {
         BackendStream {
-            scanner: Scanner::new(max_message_size),
+            framer,
             pending: 0,
             read_size: ReadSize::default(),
         }
     }
 
     /// Whether the client is between messages once the pending bytes are written.
-    pub(crate) fn ends_at_boundary(&self) -> bool {
-        !self.scanner.in_message()
+    pub(crate) fn ends_at_boundary(&self) -> bool
+    where
+        F: BackendFramer,
+    {
+        !self.framer.in_message()
     }
 }
 
 /// Client → backend. Returns when the client terminates, leaves or errs, or the backend fails.
-pub(crate) async fn client_to_backend<C, B>(
+pub(crate) async fn client_to_backend<C, W, F>(
     client: &mut C,
     cbuf: &mut BytesMut,
-    stream: &mut ClientStream,
-    backend: &mut B,
+    stream: &mut ClientStream<F>,
+    backend: &mut W,
     watch: BackendWatch<'_>,
-    shared: &Shared,
+    shared: &Shared<F::Book>,
     limits: RelayLimits,
 ) -> RelayEnd
 where
     C: AsyncRead + Unpin,
-    B: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin,
+    F: ClientFramer,
 {
     let probe = watch.probe;
     // One timer, kept across requests, for both the rotation and the health check: re-arming
@@ -216,46 +223,26 @@ where
             stream.discard -= n;
         }
         let mut terminate_at = None;
+        let mut local = None;
         if stream.discard == 0 {
-            loop {
-                match stream.scanner.next(cbuf, stream.scanned) {
-                    Ok(Step::Message { tag, start, end }) => {
-                        if tag == b'X' {
-                            terminate_at = Some(start);
-                            break;
-                        }
-                        if note_client_message(tag, &cbuf[start..end], &mut shared.lock()) {
-                            stream.sendable = end;
-                        }
-                        stream.scanned = end;
-                    }
-                    Ok(Step::Passthrough { tag, start, end }) => {
-                        let piece = &cbuf[start..end];
-                        let mut tracker = shared.lock();
-                        if tag == b'd' {
-                            tracker.ledger.continuation(piece);
-                        } else {
-                            let last = !stream.scanner.in_message();
-                            note_streamed_piece(
-                                tag,
-                                piece,
-                                last,
-                                &mut stream.streamed,
-                                &mut tracker,
-                            );
-                        }
-                        stream.scanned = end;
-                        stream.sendable = end;
-                    }
-                    Ok(Step::NeedMore) => break,
-                    Err(err) => return RelayEnd::ClientProtocol(err),
+            let walked =
+                stream
+                    .framer
+                    .walk(cbuf, &mut stream.scanned, &mut stream.sendable, shared);
+            match walked {
+                Ok(Walked::NeedMore) => {}
+                Ok(Walked::Quit { at }) => {
+                    terminate_at = Some(at);
+                    stream.sendable = stream.sendable.max(at);
                 }
+                Ok(Walked::Local { start, end }) => {
+                    local = Some(end - start);
+                    stream.sendable = start;
+                }
+                Err(err) => return RelayEnd::ClientProtocol(err),
             }
         }
-        if let Some(at) = terminate_at {
-            stream.sendable = stream.sendable.max(at);
-        }
-        if stream.scanned > MAX_HELD_BATCH {
+        if stream.scanned > MAX_HELD_BATCH && local.is_none() {
             stream.sendable = stream.scanned;
         }
         if stream.sendable > 0 {
@@ -278,6 +265,9 @@ where
         }
         if terminate_at.is_some() {
             return RelayEnd::ClientTerminated;
+        }
+        if let Some(len) = local {
+            return RelayEnd::Local(len);
         }
         stream.shrink(cbuf);
         if !stream.cover(cbuf) {
@@ -325,12 +315,12 @@ where
 /// on where it stopped. Before the first write after the backend was idle, a non-blocking peek
 /// checks it is still there (DESIGN §5 pre-write check): a FIN or RST seen then means the
 /// request was never sent.
-async fn send_requests<B: AsyncWrite + Unpin>(
-    backend: &mut B,
+async fn send_requests<W: AsyncWrite + Unpin, B: Book>(
+    backend: &mut W,
     bytes: &[u8],
     written: &mut usize,
     probe: &Probe,
-    shared: &Shared,
+    shared: &Shared<B>,
     limit: Duration,
 ) -> Result<(), WireError> {
     if *written == 0 && shared.lock().wants_pre_write_check(PRE_WRITE_CHECK_AFTER) {
@@ -355,11 +345,11 @@ async fn send_requests<B: AsyncWrite + Unpin>(
 
 /// Writes `bytes[*written..]` to the backend, counting every byte the kernel accepted. The time
 /// limit applies to each write: a backend that keeps reading, however slowly, is not cut off.
-async fn write_tracked<B: AsyncWrite + Unpin>(
-    backend: &mut B,
+async fn write_tracked<W: AsyncWrite + Unpin, B: Book>(
+    backend: &mut W,
     bytes: &[u8],
     written: &mut usize,
-    shared: &Shared,
+    shared: &Shared<B>,
     limit: Duration,
 ) -> Result<(), WireError> {
     while *written < bytes.len() {
@@ -396,45 +386,35 @@ async fn within<F: std::future::Future>(limit: Duration, io: F) -> Option<F::Out
     }
 }
 
-/// What the backend→client direction needs to know about its session.
-pub(crate) struct BackendSide<'a> {
-    /// The process ID the client was given; notifications from the client's own backend are
-    /// rewritten to carry it.
-    pub(crate) client_process_id: i32,
-    pub(crate) backend_process_id: i32,
-    /// The backend's reportable parameters, updated from ParameterStatus.
-    pub(crate) params: &'a mut std::collections::BTreeMap<String, String>,
-    pub(crate) boundary: &'a ClientBoundary,
-}
-
 /// Backend → client. Returns when either side fails or closes.
-pub(crate) async fn backend_to_client<B, C>(
-    backend: &mut B,
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn backend_to_client<R, C, F>(
+    backend: &mut R,
     rbuf: &mut BytesMut,
-    stream: &mut BackendStream,
+    stream: &mut BackendStream<F>,
     client: &mut C,
-    shared: &Shared,
-    mut side: BackendSide<'_>,
+    shared: &Shared<F::Book>,
+    conn: &mut F::Extra,
+    boundary: &ClientBoundary,
     limits: RelayLimits,
 ) -> RelayEnd
 where
-    B: AsyncRead + Unpin,
+    R: AsyncRead + Unpin,
     C: AsyncWrite + Unpin,
+    F: BackendFramer,
 {
     loop {
-        if let Err(err) =
-            write_pending(client, rbuf, stream, side.boundary, limits.client_write).await
-        {
+        if let Err(err) = write_pending(client, rbuf, stream, boundary, limits.client_write).await {
             return RelayEnd::ClientGone(err);
         }
-        match scan_backend(rbuf, stream, shared, &mut side) {
+        match stream.framer.scan(rbuf, shared, conn) {
             Ok(Scanned::Forward(pos)) => stream.pending = pos,
             Ok(Scanned::Unsolicited(pos)) => {
                 // Forward what came before it, keep the error from the client and let the
                 // session heal.
                 stream.pending = pos;
                 if let Err(err) =
-                    write_pending(client, rbuf, stream, side.boundary, limits.client_write).await
+                    write_pending(client, rbuf, stream, boundary, limits.client_write).await
                 {
                     return RelayEnd::ClientGone(err);
                 }
@@ -458,13 +438,17 @@ where
 /// Writes the recorded bytes at the front of `rbuf` to the client, one `write` at a time, each
 /// accounted as soon as it completes (cancel-safe). The time limit applies to each write: a
 /// client that keeps reading, however slowly, is served.
-pub(crate) async fn write_pending<C: AsyncWrite + Unpin>(
+pub(crate) async fn write_pending<C, F>(
     client: &mut C,
     rbuf: &mut BytesMut,
-    stream: &mut BackendStream,
+    stream: &mut BackendStream<F>,
     boundary: &ClientBoundary,
     limit: Duration,
-) -> Result<(), WireError> {
+) -> Result<(), WireError>
+where
+    C: AsyncWrite + Unpin,
+    F: BackendFramer,
+{
     if stream.pending == 0 {
         return Ok(());
     }
@@ -484,111 +468,8 @@ pub(crate) async fn write_pending<C: AsyncWrite + Unpin>(
         Some(Err(err)) => return Err(WireError::Io(err)),
         None => return Err(WireError::StoppedReading(limit)),
     }
-    boundary.set(!stream.ends_at_boundary());
+    boundary.set(stream.framer.in_message());
     Ok(())
-}
-
-/// What walking the backend's bytes found.
-enum Scanned {
-    /// `rbuf[..n]` is to be forwarded.
-    Forward(usize),
-    /// `rbuf[..n]` is to be forwarded, then an error that proves nothing in flight ran, which
-    /// must not be.
-    Unsolicited(usize),
-}
-
-/// Walks the complete messages at the front of `rbuf` and records each in the ledger.
-fn scan_backend(
-    rbuf: &mut BytesMut,
-    stream: &mut BackendStream,
-    shared: &Shared,
-    side: &mut BackendSide<'_>,
-) -> Result<Scanned, ProtocolError> {
-    let mut pos = 0;
-    // Reply bytes that answered nothing on their own, not yet given to the ledger.
-    let mut bytes = 0;
-    loop {
-        match stream.scanner.next(rbuf, pos)? {
-            Step::Message { tag, start, end } => {
-                let len = end - start;
-                let body = &rbuf[start + HEADER_LEN..end];
-                match classify_backend(tag, body) {
-                    BackendMessage::Bytes => bytes += len,
-                    BackendMessage::ParameterStatus => {
-                        if let Ok((name, value)) = pg::parse_parameter_status(body) {
-                            side.params.insert(name.to_owned(), value.to_owned());
-                        }
-                    }
-                    BackendMessage::Notification => {
-                        rewrite_notification_pid(&mut rbuf[start..end], side);
-                    }
-                    BackendMessage::ParseComplete => {
-                        let mut tracker = shared.lock();
-                        tracker.parse_complete();
-                        tracker.reply(Reply::Part { answers_part: true }, bytes + len);
-                        bytes = 0;
-                    }
-                    BackendMessage::Reply(reply) => {
-                        shared.lock().reply(reply, bytes + len);
-                        bytes = 0;
-                    }
-                    BackendMessage::Error => {
-                        let mut tracker = shared.lock();
-                        if let Ok(fields) = pg::parse_error_fields(body) {
-                            if fields.severity == "FATAL" || fields.severity == "PANIC" {
-                                if tracker.fatal_is_unsolicited(&fields.code) {
-                                    tracker.unsolicited_fatal = Some(fields.code);
-                                    if bytes > 0 {
-                                        tracker.reply(
-                                            Reply::Part {
-                                                answers_part: false,
-                                            },
-                                            bytes,
-                                        );
-                                    }
-                                    return Ok(Scanned::Unsolicited(pos));
-                                }
-                                tracker.fatal_code = Some(fields.code);
-                            }
-                        }
-                        tracker.reply(Reply::Error, bytes + len);
-                        bytes = 0;
-                    }
-                }
-                pos = end;
-            }
-            Step::Passthrough { start, end, .. } => {
-                bytes += end - start;
-                pos = end;
-            }
-            Step::NeedMore => break,
-        }
-    }
-    if bytes > 0 {
-        shared.lock().reply(
-            Reply::Part {
-                answers_part: false,
-            },
-            bytes,
-        );
-    }
-    Ok(Scanned::Forward(pos))
-}
-
-/// A notification from the client's own (current) backend carries the process ID the client
-/// was told at login.
-fn rewrite_notification_pid(message: &mut [u8], side: &BackendSide<'_>) {
-    if side.client_process_id == side.backend_process_id {
-        return;
-    }
-    let body = HEADER_LEN.min(message.len());
-    if let Ok(pid) = pg::parse_notification_pid(&message[body..]) {
-        if pid == side.backend_process_id {
-            if let Some(field) = message.get_mut(body..body + 4) {
-                field.copy_from_slice(&side.client_process_id.to_be_bytes());
-            }
-        }
-    }
 }
 
 /// How much room the next backend read gets: it doubles while reads fill the buffer (a large
