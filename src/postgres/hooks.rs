@@ -133,13 +133,20 @@ impl Hooks for PgHooks<'_> {
         }
     }
 
-    fn encode_notice(&self, notice: &ClientNotice, _book: &PgBook, out: &mut BytesMut) {
+    fn encode_notice(
+        &self,
+        notice: &ClientNotice,
+        _book: &PgBook,
+        _request_waiting: bool,
+        out: &mut BytesMut,
+    ) {
         notice.encode(out);
     }
 
     fn encode_answer(
         &self,
         answer: Answer,
+        _index: usize,
         request: Option<&[u8]>,
         _book: &PgBook,
         out: &mut BytesMut,

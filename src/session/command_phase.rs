@@ -330,8 +330,9 @@ impl<H: Hooks> CommandPhase<H> {
     /// Sends `notice` (best effort: the client may already be gone).
     pub(crate) async fn send_notice(&mut self, notice: &H::Notice) {
         let mut out = BytesMut::new();
+        let waiting = !self.cbuf.is_empty();
         self.hooks
-            .encode_notice(notice, &self.shared.lock().book, &mut out);
+            .encode_notice(notice, &self.shared.lock().book, waiting, &mut out);
         let _ = wire::write_all(&mut self.client_write, &out, self.limits.client_write).await;
     }
 

@@ -111,15 +111,23 @@ pub(crate) trait Hooks: Send + Sync {
     /// Suture is shutting down and closes an idle client.
     fn shutdown_notice(&self) -> Self::Notice;
 
-    /// Appends `notice` as the protocol frames it now (the book knows, for MySQL, which
-    /// sequence id the client expects).
-    fn encode_notice(&self, notice: &Self::Notice, book: &Self::Book, out: &mut BytesMut);
+    /// Appends `notice` as the protocol frames it now: the book knows, for MySQL, which
+    /// sequence id a reply in progress has reached, and `request_waiting` says the client sent
+    /// a request no backend has seen (the notice answers it).
+    fn encode_notice(
+        &self,
+        notice: &Self::Notice,
+        book: &Self::Book,
+        request_waiting: bool,
+        out: &mut BytesMut,
+    );
 
-    /// Appends the answer to one request the lost backend had accepted; `request` is its
-    /// bytes when they were kept.
+    /// Appends the answer to one request the lost backend had accepted: the `index`-th in
+    /// flight, oldest first; `request` is its bytes when they were kept.
     fn encode_answer(
         &self,
         answer: Answer,
+        index: usize,
         request: Option<&[u8]>,
         book: &Self::Book,
         out: &mut BytesMut,

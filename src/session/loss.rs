@@ -180,10 +180,14 @@ impl<H: Hooks> CommandPhase<H> {
         let mut out = BytesMut::new();
         {
             let tracker = self.shared.lock();
-            for (answer, request) in answers.into_iter().zip(&kept) {
-                let encoded =
-                    self.hooks
-                        .encode_answer(answer, request.as_deref(), &tracker.book, &mut out);
+            for (index, (answer, request)) in answers.into_iter().zip(&kept).enumerate() {
+                let encoded = self.hooks.encode_answer(
+                    answer,
+                    index,
+                    request.as_deref(),
+                    &tracker.book,
+                    &mut out,
+                );
                 if encoded.is_err() {
                     return Next::End;
                 }
