@@ -3,4 +3,6 @@
 //! from the server's session tracking. The command-phase loop, the ledger and the heal
 //! orchestration are the shared ones in `crate::session`; nothing here imports `postgres`.
 
+pub(crate) mod client_auth;
+pub(crate) mod client_login;
 pub(crate) mod errors;
