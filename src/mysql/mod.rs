@@ -2,3 +2,7 @@
 //! what each command and reply means for the session's ledger, and the session state learned
 //! from the server's session tracking. The command-phase loop, the ledger and the heal
 //! orchestration are the shared ones in `crate::session`; nothing here imports `postgres`.
+
+pub(crate) mod client_auth;
+pub(crate) mod client_login;
+pub(crate) mod errors;
