@@ -304,7 +304,6 @@ impl<N> Ledger<N> {
     /// The client message that ends a request the backend answers with nothing (MySQL
     /// COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA): it is done once the backend accepted all of
     /// it.
-    #[allow(dead_code)] // MySQL (issue 12) is the first user.
     pub(crate) fn end_unanswered(&mut self, message: &[u8], traits: Traits, note: N) {
         let request = self.open_request(|| note);
         request.boundary = Some(Boundary::Command);
@@ -515,6 +514,12 @@ impl<N> Ledger<N> {
             }
         }
         None
+    }
+
+    /// The kept bytes of the requests in flight, oldest first, for a protocol that rewrites
+    /// ids in them before they go to another backend (MySQL statement ids).
+    pub(crate) fn retained_mut(&mut self) -> &mut [u8] {
+        &mut self.retained[..]
     }
 
     /// Forgets every request (the session moves to a new backend); stream offsets start again

@@ -1,0 +1,179 @@
+//! The MySQL part of a session's tracker (DESIGN §3, §4): one reply state machine per command
+//! in flight (its sequence ids, whose turn it is, how it ends), the prepared statements with
+//! their client-visible ids and what each may do, long data waiting for its execute, and the
+//! session state the server's session tracking reported. The generic tracker
+//! (`crate::session::tracker`) holds the ledger; this book stays aligned with it: one pending
+//! entry per request in the ledger, removed when the ledger completes it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+use suture_protocol::mysql::{self, Next, Reply};
+
+use crate::mysql::session_state::SessionState;
+use crate::mysql::statement_ids::StatementMap;
+use crate::session::ledger::{Traits, TxState};
+use crate::session::tracker::{self, Book};
+
+/// Prepared statements whose traits are remembered per session; more are taken to possibly
+/// commit.
+const MAX_STATEMENT_TRAITS: usize = 10_000;
+
+/// A MySQL session's tracker.
+pub(crate) type Tracker = tracker::Tracker<MyBook>;
+/// ... behind its lock.
+pub(crate) type Shared = tracker::Shared<MyBook>;
+
+/// What a request changes in the session once it succeeded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Note {
+    #[default]
+    None,
+    /// COM_INIT_DB of this schema.
+    InitDb(String),
+    /// COM_SET_OPTION: multi-statements on or off.
+    SetOption(bool),
+    /// COM_RESET_CONNECTION: the server forgets the session's state.
+    Reset,
+    /// COM_STMT_CLOSE of this client-visible statement id.
+    CloseStatement(u32),
+    /// COM_STMT_EXECUTE or COM_STMT_RESET of this statement: its long data is consumed.
+    StatementUsed(u32),
+}
+
+/// One command's reply, from the request to its last packet.
+#[derive(Clone, Debug)]
+pub(crate) struct Pending {
+    pub(crate) reply: Reply,
+    /// COM_STMT_PREPARE: the statement text (its PREPARE_OK registers it).
+    pub(crate) prepare: Option<Bytes>,
+}
+
+/// The MySQL bookkeeping of one session.
+#[derive(Debug, Default)]
+pub(crate) struct MyBook {
+    /// One entry per request in the ledger, oldest first.
+    pub(crate) pending: VecDeque<Pending>,
+    /// Prepared statements: client-visible id ↔ backend id, with their text.
+    pub(crate) statements: StatementMap,
+    /// What each prepared statement may do, by client-visible id.
+    statement_traits: HashMap<u32, Traits>,
+    /// Statements with COM_STMT_SEND_LONG_DATA waiting for their execute: not restorable.
+    long_data: HashSet<u32>,
+    /// Variables, character set, schema and options the server reported.
+    pub(crate) state: SessionState,
+    /// The backend's status flags after the last complete reply.
+    pub(crate) status: u16,
+}
+
+impl Book for MyBook {
+    type Note = Note;
+
+    /// MySQL session state is not transactional: a change counts once it succeeded.
+    fn completed(&mut self, note: Note, errored: bool, _tx_after: TxState) -> bool {
+        self.pending.pop_front();
+        if errored {
+            return true;
+        }
+        match note {
+            Note::None => {}
+            Note::InitDb(schema) => self.state.set_schema(Some(schema)),
+            Note::SetOption(on) => self.state.set_multi_statements(on),
+            Note::Reset => {
+                let schema = self.state.schema().map(str::to_owned);
+                self.state.reset(schema);
+                self.statements.clear();
+                self.statement_traits.clear();
+                self.long_data.clear();
+            }
+            Note::CloseStatement(id) => {
+                self.statements.closed(id);
+                self.statement_traits.remove(&id);
+                self.long_data.remove(&id);
+            }
+            Note::StatementUsed(id) => {
+                self.long_data.remove(&id);
+            }
+        }
+        true
+    }
+
+    fn settled(&mut self) {
+        self.pending.clear();
+    }
+
+    fn restorable(&self) -> bool {
+        self.long_data.is_empty()
+    }
+}
+
+impl MyBook {
+    /// The reply being received: the oldest one not complete.
+    pub(crate) fn receiving(&mut self) -> Option<&mut Pending> {
+        self.pending
+            .iter_mut()
+            .find(|p| !matches!(p.reply.next(), Next::Done(_)))
+    }
+
+    /// Whether the client has the turn inside a reply (LOCAL INFILE data).
+    pub(crate) fn client_turn(&self) -> bool {
+        self.pending
+            .iter()
+            .find(|p| !matches!(p.reply.next(), Next::Done(_)))
+            .is_some_and(|p| p.reply.next() == Next::Client)
+    }
+
+    /// The sequence id the next packet to the client must carry when the `index`-th request in
+    /// flight is answered by Suture.
+    pub(crate) fn next_seq(&self, index: usize) -> Option<u8> {
+        self.pending.get(index).map(|p| p.reply.next_seq())
+    }
+
+    /// A statement the backend prepared as `backend_id`: its client-visible id.
+    pub(crate) fn prepared(
+        &mut self,
+        backend_id: u32,
+        sql: Bytes,
+        params: u16,
+        columns: u16,
+    ) -> u32 {
+        let traits = statement_traits(&sql, self.status);
+        let id = self.statements.prepared(backend_id, sql, params, columns);
+        if self.statement_traits.len() < MAX_STATEMENT_TRAITS {
+            self.statement_traits.insert(id, traits);
+        }
+        id
+    }
+
+    /// What an execute of the client's statement `id` may do.
+    pub(crate) fn execute_traits(&self, id: u32) -> Traits {
+        self.statement_traits.get(&id).copied().unwrap_or(Traits {
+            executes: true,
+            may_commit: true,
+            ends_tx: None,
+            waits: true,
+        })
+    }
+
+    /// Long data was sent for statement `id`.
+    pub(crate) fn long_data_sent(&mut self, id: u32) {
+        self.long_data.insert(id);
+    }
+
+    /// The backend's transaction state from status flags.
+    pub(crate) fn tx_of(status: u16) -> TxState {
+        if status & mysql::status::SERVER_STATUS_IN_TRANS != 0 {
+            TxState::InBlock
+        } else {
+            TxState::Idle
+        }
+    }
+}
+
+/// What executing a prepared statement with text `sql` may do.
+fn statement_traits(sql: &[u8], status: u16) -> Traits {
+    let mode = crate::mysql::lexer::SqlMode::from_status(status);
+    let in_tx = status & mysql::status::SERVER_STATUS_IN_TRANS != 0;
+    let facts = crate::mysql::statement::classify(sql, mode, in_tx);
+    crate::mysql::statement::combine(&facts).traits()
+}
