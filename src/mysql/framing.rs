@@ -189,22 +189,42 @@ impl MyClientFramer {
             traits,
             note,
         };
-        if !open.unanswered && !open.reply_at_end {
-            self.expect_reply(&mut open, seq, &mut t.book)?;
-        }
+        self.expect_reply(&mut open, seq, &mut t.book)?;
         Ok(Some(open))
     }
 
-    /// Registers the reply to a command whose last packet has sequence id `last_seq`.
+    /// Registers the reply to a command whose first packet has sequence id `seq` (one entry
+    /// per request, commands without a reply included).
     fn expect_reply(
         &self,
         open: &mut Open,
-        last_seq: u8,
+        seq: u8,
         book: &mut MyBook,
     ) -> Result<(), ProtocolError> {
-        let reply = Reply::new(&open.head, last_seq.wrapping_add(1), self.opts)?;
+        let reply = Reply::new(&open.head, seq.wrapping_add(1), self.opts)?;
         let prepare = open.prepare.take();
-        book.pending.push_back(Pending { reply, prepare });
+        let unfinished = open.reply_at_end.then(|| open.head.clone());
+        book.pending.push_back(Pending {
+            reply,
+            prepare,
+            unfinished,
+        });
+        Ok(())
+    }
+
+    /// The last packet of a request of several has sequence id `last_seq`: its reply starts
+    /// after it (unless the server answered already).
+    fn finished(&self, last_seq: u8, book: &mut MyBook) -> Result<(), ProtocolError> {
+        if let Some(pending) = book
+            .pending
+            .iter_mut()
+            .rev()
+            .find(|p| p.unfinished.is_some())
+        {
+            if let Some(head) = pending.unfinished.take() {
+                pending.reply = Reply::new(&head, last_seq.wrapping_add(1), self.opts)?;
+            }
+        }
         Ok(())
     }
 }
@@ -285,18 +305,23 @@ impl ClientFramer for MyClientFramer {
             } else if let Some(open) = self.open.as_mut() {
                 let done = packet_done && part.ends_logical();
                 let note = std::mem::take(&mut open.note);
-                match (done, open.started, open.unanswered) {
-                    (true, _, true) => t.ledger.end_unanswered(bytes, open.traits, note),
-                    (true, _, false) => t.ledger.end(bytes, Boundary::Command, open.traits, note),
-                    (false, false, _) => t.ledger.part(bytes, false, open.traits, note),
-                    (false, true, _) => t.ledger.continuation(bytes),
+                if open.started && !t.ledger.newest_is_open() {
+                    // The server answered it before its end.
+                    t.ledger.unowned(bytes);
+                } else {
+                    match (done, open.started, open.unanswered) {
+                        (true, _, true) => t.ledger.end_unanswered(bytes, open.traits, note),
+                        (true, _, false) => {
+                            t.ledger.end(bytes, Boundary::Command, open.traits, note)
+                        }
+                        (false, false, _) => t.ledger.part(bytes, false, open.traits, note),
+                        (false, true, _) => t.ledger.continuation(bytes),
+                    }
                 }
                 open.started = true;
                 if done {
-                    if let Some(mut open) = self.open.take() {
-                        if open.reply_at_end && !open.unanswered {
-                            self.expect_reply(&mut open, seq, &mut t.book)?;
-                        }
+                    if self.open.take().is_some_and(|open| open.reply_at_end) {
+                        self.finished(seq, &mut t.book)?;
                     }
                 }
             } else {
@@ -348,6 +373,7 @@ struct Ending {
 /// One backend connection's replies.
 pub(crate) struct MyBackendFramer {
     scanner: Scanner,
+    opts: ReplyOptions,
     client_caps: u64,
     backend_caps: u64,
     /// OK packets are rewritten without session tracking for the client.
@@ -360,6 +386,7 @@ impl MyBackendFramer {
         let track = capability::CLIENT_SESSION_TRACK;
         MyBackendFramer {
             scanner: Scanner::new(max_packet),
+            opts: ReplyOptions::from_capabilities(client_caps),
             client_caps,
             backend_caps,
             strip: backend_caps & track != 0 && client_caps & track == 0,
@@ -494,6 +521,10 @@ impl BackendFramer for MyBackendFramer {
                     "the server sent a packet no command asked for",
                 ));
             };
+            if let Some(head) = pending.unfinished.take() {
+                // The server answers before the request's last packet: it gave up on it.
+                pending.reply = Reply::new(&head, seq, self.opts)?;
+            }
             let seen = pending.reply.feed(seq, payload_len, payload)?;
             let last_status = pending.reply.last_status();
             let prepare = match seen.kind {
@@ -566,3 +597,7 @@ impl BackendFramer for MyBackendFramer {
         self.scanner.in_packet()
     }
 }
+
+#[cfg(test)]
+#[path = "framing_tests.rs"]
+mod tests;

@@ -215,6 +215,16 @@ impl Hooks for MyHooks<'_> {
         )
     }
 
+    /// COM_CHANGE_USER: the session's backends belong to the user it logged in as, so the
+    /// client is told to connect as the other user instead; the session goes on unchanged.
+    fn local_notice(&self, _request: &[u8]) -> MyNotice {
+        MyNotice::new(
+            error_code::ER_UNKNOWN_COM_ERROR,
+            "08S01",
+            "COM_CHANGE_USER is not supported through Suture; open a new connection as the other user",
+        )
+    }
+
     /// At the sequence id of the reply in progress; otherwise 1 when it answers a command the
     /// client sent, 0 when it comes unasked.
     fn encode_notice(

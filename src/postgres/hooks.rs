@@ -133,6 +133,11 @@ impl Hooks for PgHooks<'_> {
         }
     }
 
+    /// PostgreSQL's framer never asks for one.
+    fn local_notice(&self, _request: &[u8]) -> ClientNotice {
+        self.violation_notice(&ProtocolError::Malformed("request not handled by Suture"))
+    }
+
     fn encode_notice(
         &self,
         notice: &ClientNotice,

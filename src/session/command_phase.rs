@@ -258,13 +258,19 @@ impl<H: Hooks> CommandPhase<H> {
         self.tell(Some(notice)).await;
     }
 
-    /// A request Suture answers itself. No protocol sends one yet: it is dropped with a
-    /// protocol error.
+    /// A request Suture answers itself (MySQL COM_CHANGE_USER): everything before it was sent,
+    /// it is at the front of the client buffer, never registered in the ledger nor sent; it
+    /// gets the protocol's answer and the session goes on.
     async fn local_request(&mut self, len: usize) -> Next {
-        let _ = len;
-        let err = suture_protocol::ProtocolError::Malformed("request not handled by Suture");
-        self.client_protocol_error(&err).await;
-        Next::End
+        let request = self.cbuf.split_to(len.min(self.cbuf.len()));
+        let notice = self.hooks.local_notice(&request);
+        let mut out = BytesMut::new();
+        self.hooks
+            .encode_notice(&notice, &self.shared.lock().book, true, &mut out);
+        match wire::write_all(&mut self.client_write, &out, self.limits.client_write).await {
+            Ok(()) => Next::Resume,
+            Err(_) => Next::End,
+        }
     }
 
     /// A new backend in the session's own pool slot, with the client's settings and

@@ -111,6 +111,10 @@ pub(crate) trait Hooks: Send + Sync {
     /// Suture is shutting down and closes an idle client.
     fn shutdown_notice(&self) -> Self::Notice;
 
+    /// The answer to a request the client framer said Suture answers itself
+    /// ([`Walked::Local`](crate::session::framing::Walked::Local)).
+    fn local_notice(&self, request: &[u8]) -> Self::Notice;
+
     /// Appends `notice` as the protocol frames it now: the book knows, for MySQL, which
     /// sequence id a reply in progress has reached, and `request_waiting` says the client sent
     /// a request no backend has seen (the notice answers it).

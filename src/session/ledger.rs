@@ -322,6 +322,12 @@ impl<N> Ledger<N> {
         }
     }
 
+    /// Client bytes that belong to no request (the rest of a request the server already
+    /// answered, as MySQL does with a request over `max_allowed_packet`).
+    pub(crate) fn unowned(&mut self, bytes: &[u8]) {
+        self.offset += bytes.len() as u64;
+    }
+
     /// A write of the bytes from the current accepted offset on is about to start.
     pub(crate) fn write_attempted(&mut self) {
         self.attempted = self.attempted.max(self.accepted + 1);
