@@ -214,7 +214,11 @@ where
             }
             AuthPacket::MoreData(data) if plugin == ClientPlugin::CachingSha2 => {
                 match more_data(data, awaiting_key, secure, password, &scramble)? {
-                    FullAuth::Wait => continue,
+                    FullAuth::Wait => {
+                        // Nothing to answer: the OK comes next.
+                        seq = reply_seq;
+                        continue;
+                    }
                     FullAuth::Send(bytes) => bytes,
                     FullAuth::RequestKey => {
                         awaiting_key = true;
@@ -267,3 +271,7 @@ fn more_data(
         )),
     }
 }
+
+#[cfg(test)]
+#[path = "backend_auth_tests.rs"]
+mod tests;
