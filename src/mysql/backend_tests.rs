@@ -2,15 +2,18 @@
 //! an AuthSwitchRequest, refusals and their labels, TLS modes the server does not offer, the
 //! role check, discovery, Suture's own commands, session tracking, and the idle check after
 //! the server kills the connection. caching_sha2_password, which MariaDB lacks, is tested on a
-//! scripted server in `backend_auth_tests.rs`.
+//! scripted server in `backend_auth_tests.rs`; a whole MySQL 8.0 login (greeting, response,
+//! MySQL discovery, ERR 4031 while idle) on a scripted TCP server here.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use mysql_async::prelude::Queryable;
 use suture_protocol::mysql::{session_changes, status, SessionChange};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 use crate::config::{Config, PoolConfig};
@@ -391,4 +394,136 @@ fn which_login_failures_the_hold_retries() {
         limit: T
     }
     .is_retryable());
+}
+
+/// The server's end of a scripted MySQL 8.0 login on a TCP socket.
+struct Mysql8 {
+    stream: tokio::net::TcpStream,
+    buf: BytesMut,
+}
+
+impl Mysql8 {
+    async fn send(&mut self, seq: u8, payload: &[u8]) {
+        let mut out = BytesMut::new();
+        suture_protocol::mysql::encode_packet(seq, payload, &mut out);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            if let Some(p) = suture_protocol::mysql::split_packet(&mut self.buf, 1 << 20).unwrap() {
+                return (p.seq, p.payload.to_vec());
+            }
+            assert_ne!(self.stream.read_buf(&mut self.buf).await.unwrap(), 0);
+        }
+    }
+}
+
+/// What MySQL 8.0 offers (CLIENT_MYSQL set: no extended capabilities).
+const MYSQL8_CAPS: u64 = 0xdfff_ffff;
+
+#[tokio::test]
+async fn mysql8_login_discovery_and_unsolicited_timeout_err() {
+    use mysql_common::auth::plugins::caching_sha2_password::scramble_sha256;
+    use suture_protocol::mysql::{
+        encode_err, encode_handshake_v10, parse_client_handshake, ClientHandshake,
+    };
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let scramble = *b"k3y-scramble-0123456";
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut s = Mysql8 {
+            stream,
+            buf: BytesMut::new(),
+        };
+        let greeting = HandshakeV10 {
+            server_version: "8.0.36".into(),
+            connection_id: 77,
+            auth_plugin_data: scramble.to_vec(),
+            capabilities: MYSQL8_CAPS,
+            character_set: 255,
+            status_flags: status::SERVER_STATUS_AUTOCOMMIT,
+            auth_plugin_name: Some("caching_sha2_password".into()),
+        };
+        let mut out = BytesMut::new();
+        encode_handshake_v10(&greeting, &mut out).unwrap();
+        s.stream.write_all(&out).await.unwrap();
+
+        let (seq, payload) = s.recv().await;
+        assert_eq!(seq, 1);
+        let ClientHandshake::Response(login) = parse_client_handshake(&payload).unwrap() else {
+            panic!("an SSLRequest with tls = disable");
+        };
+        assert_eq!(login.username, APP_USER);
+        assert_eq!(login.database.as_deref(), Some(APP_DB));
+        assert_eq!(
+            login.auth_plugin_name.as_deref(),
+            Some("caching_sha2_password")
+        );
+        let expected = scramble_sha256(&scramble, b"app-secret").unwrap();
+        assert_eq!(login.auth_response, expected);
+        assert_eq!((login.character_set, login.max_packet_size), (45, 1 << 30));
+        assert!(login
+            .attributes
+            .contains(&("_client_name".to_owned(), "suture".to_owned())));
+        let caps = login.capabilities;
+        assert_eq!(
+            caps & (CLIENT_COMPRESS | CLIENT_SSL | CLIENT_QUERY_ATTRIBUTES),
+            0
+        );
+        assert_ne!(caps & CLIENT_DEPRECATE_EOF, 0);
+        assert_ne!(caps & CLIENT_SESSION_TRACK, 0);
+
+        s.send(2, &[0x01, 0x03]).await; // fast-auth success
+        s.send(3, b"\x00\x00\x00\x02\x00\x00\x00").await;
+
+        let (seq, query) = s.recv().await;
+        assert_eq!((seq, query[0]), (0, 0x03));
+        assert_eq!(&query[1..], TRACKING_SQL.as_bytes());
+        s.send(1, b"\x00\x00\x00\x02\x00\x00\x00").await;
+
+        let (_, query) = s.recv().await;
+        let sql = String::from_utf8(query[1..].to_vec()).unwrap();
+        assert!(sql.contains("@@super_read_only"), "{sql}");
+        s.send(1, &[5]).await;
+        for seq in 2..7 {
+            s.send(seq, b"\x03def\x00\x00\x00\x01x\x00\x0c\x3f\x00")
+                .await;
+        }
+        s.send(7, b"\x0528800\x03600\x010\x011\x010").await;
+        s.send(8, b"\xfe\x00\x00\x02\x00\x00\x00").await;
+
+        // wait_timeout passes: MySQL ≥ 8.0.24 says so with sequence id 0, then closes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut err = BytesMut::new();
+        let text = b"The client was disconnected by the server because of inactivity.";
+        encode_err(4031, "HY000", text, caps, 0, &mut err).unwrap();
+        s.stream.write_all(&err).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+
+    let ctx = context(&[port], "disable", "any");
+    let mut conn = connect(&ctx, &app_key(CLIENT_DEPRECATE_EOF)).await.unwrap();
+    assert_eq!(
+        (conn.connection_id, &conn.server_version[..]),
+        (77, "8.0.36")
+    );
+    assert!(conn.tracking);
+    assert_eq!(conn.wait_timeout, Some(Duration::from_secs(28800)));
+    assert_eq!(conn.interactive_timeout, Some(Duration::from_secs(600)));
+    assert!(conn.read_only, "super_read_only = 1");
+    let deadline = std::time::Instant::now() + T;
+    let cause = loop {
+        match conn.check_idle(1 << 20) {
+            Err(cause) => break cause,
+            Ok(()) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Ok(()) => panic!("the unsolicited ERR went unseen"),
+        }
+    };
+    assert_eq!(cause, "idle_timeout_notice");
+    server.abort();
 }
