@@ -220,15 +220,16 @@ impl BackendFailure for MyBackendError {
     }
 }
 
-/// Runs `fut` under `limit`, naming `step` if it runs out.
-async fn step<T>(
-    step: &'static str,
+/// Bounds one login step by `limit`; running out is a [`MyBackendError::Timeout`] naming it.
+async fn bounded<T>(
+    what: &'static str,
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, MyBackendError>>,
 ) -> Result<T, MyBackendError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or(Err(MyBackendError::Timeout { step, limit }))
+    match tokio::time::timeout(limit, fut).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(MyBackendError::Timeout { step: what, limit }),
+    }
 }
 
 /// Opens, authenticates and readies one backend connection for `key`, and reports the outcome
@@ -330,7 +331,7 @@ async fn connect_one(
         connect_tcp(&ctx.resolver, servers, t.dns, t.connect, &t.into()).await?;
     let probe = Probe::of(&tcp).map_err(WireError::Io)?;
     let mut rbuf = BytesMut::with_capacity(wire::READ_CHUNK);
-    let greeting = step(
+    let greeting = bounded(
         "backend greeting",
         t.auth,
         read_greeting(&mut tcp, &mut rbuf, max),
@@ -406,7 +407,7 @@ async fn connect_one(
         )
         .await
     };
-    let ok = step("backend authentication", t.auth, login).await?;
+    let ok = bounded("backend authentication", t.auth, login).await?;
     let mut conn = MyBackendConn {
         reader,
         writer,
