@@ -3,6 +3,12 @@
 //! from the server's session tracking. The command-phase loop, the ledger and the heal
 //! orchestration are the shared ones in `crate::session`; nothing here imports `postgres`.
 
+pub(crate) mod backend;
+pub(crate) mod backend_auth;
+pub(crate) mod backend_query;
 pub(crate) mod client_auth;
 pub(crate) mod client_login;
 pub(crate) mod errors;
+pub(crate) mod manager;
+#[cfg(test)]
+mod test_server;

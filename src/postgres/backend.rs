@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use suture_protocol::pg::{self, ErrorFields, TxStatus};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 
 use crate::config::{ServerAddr, ServerRole, TlsMode};
 use crate::liveness::{Liveness, Probe};
@@ -392,22 +392,7 @@ impl BackendConn {
     }
 
     fn read_unsolicited(&mut self, max: usize) -> Result<(), &'static str> {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut chunk = [0u8; 4096];
-        loop {
-            let mut read = tokio::io::ReadBuf::new(&mut chunk);
-            match std::pin::Pin::new(&mut self.reader).poll_read(&mut cx, &mut read) {
-                std::task::Poll::Pending => break,
-                std::task::Poll::Ready(Err(_)) => return Err("rst"),
-                std::task::Poll::Ready(Ok(())) if read.filled().is_empty() => return Err("fin"),
-                std::task::Poll::Ready(Ok(())) => {
-                    if self.rbuf.len() + read.filled().len() > max {
-                        return Err("server_error");
-                    }
-                    self.rbuf.extend_from_slice(read.filled());
-                }
-            }
-        }
+        crate::liveness::read_ready(&mut self.reader, &mut self.rbuf, max)?;
         loop {
             match pg::split_message(&mut self.rbuf, max) {
                 Ok(None) => return Ok(()),
