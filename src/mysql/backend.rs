@@ -82,6 +82,8 @@ pub(crate) struct MyBackendConn {
     pub(crate) server_version: String,
     /// Capabilities in force on this connection (what Suture sent ∩ what the server has).
     pub(crate) capabilities: u64,
+    /// Everything the server offered in its greeting (clients are offered what it has).
+    pub(crate) server_capabilities: u64,
     /// The character set (collation id) of the login.
     pub(crate) character_set: u8,
     /// Session tracking is on: `session_track_system_variables='*'`,
@@ -364,6 +366,10 @@ async fn connect_one(
         }
     };
     let secure = caps & CLIENT_SSL != 0;
+    let character_set = match key.character_set {
+        0 => LOGIN_CHARACTER_SET,
+        wanted => wanted,
+    };
     let login = async {
         #[cfg_attr(not(test), allow(unused_mut))]
         let mut plugin = ClientPlugin::for_greeting(greeting.auth_plugin_name.as_deref(), secure);
@@ -374,7 +380,7 @@ async fn connect_one(
         let response = HandshakeResponse41 {
             capabilities: caps,
             max_packet_size: LOGIN_MAX_PACKET,
-            character_set: LOGIN_CHARACTER_SET,
+            character_set,
             username: key.user.clone(),
             auth_response: plugin.response(&greeting.auth_plugin_data, password.expose())?,
             database: key.database.clone(),
@@ -418,7 +424,8 @@ async fn connect_one(
         connection_id: greeting.connection_id,
         server_version: greeting.server_version.clone(),
         capabilities: caps,
-        character_set: LOGIN_CHARACTER_SET,
+        server_capabilities: greeting.capabilities,
+        character_set,
         tracking: false,
         wait_timeout: None,
         interactive_timeout: None,

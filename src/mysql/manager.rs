@@ -37,6 +37,9 @@ pub(crate) struct MyKey {
     /// The client's capability flags that change what the server sends or does, masked with
     /// [`SHAPE_CAPABILITIES`]: a backend logs in with exactly these.
     pub(crate) capabilities: u64,
+    /// The client's character set (collation id) from its handshake, which sets the session's
+    /// `character_set_client`, `_connection` and `_results`; 0 for the server's default.
+    pub(crate) character_set: u8,
 }
 
 impl MyKey {
@@ -46,6 +49,7 @@ impl MyKey {
             user,
             database,
             capabilities: capabilities & SHAPE_CAPABILITIES,
+            character_set: 0,
         }
     }
 
