@@ -51,7 +51,7 @@ impl SutureProc {
         } else {
             Stdio::from(log.try_clone()?)
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_suture"))
+        let mut child = Command::new(suture_binary())
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", filter)
@@ -182,6 +182,14 @@ impl Drop for SutureProc {
             eprintln!("---- suture log ----\n{}", self.log_contents());
         }
     }
+}
+
+/// The binary to run: `SUTURE_TEST_BIN` when set (e.g. a release build, or
+/// another checkout's build), else the one cargo built for these tests.
+fn suture_binary() -> PathBuf {
+    std::env::var_os("SUTURE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_suture")))
 }
 
 /// Finds `listen = "...:PORT"` inside `[admin]`.
