@@ -54,11 +54,8 @@ MDB_PORT="$(free_port)"
 mariadb_init "$WORK"
 mariadb_start "$WORK" "$MDB_PORT"
 SUTURE_PORT="$(free_port)"
-suture_mysql_config "$WORK/suture.toml" "$SUTURE_PORT" "$MDB_PORT" "max_size = $THREADS
-min_idle = $THREADS"
-# max_size is set twice otherwise: keep the one given here.
-sed -i '0,/^max_size = 20$/{/^max_size = 20$/d}' "$WORK/suture.toml"
-sed -i '0,/^min_idle = 1$/{/^min_idle = 1$/d}' "$WORK/suture.toml"
+SUTURE_MAX_SIZE=$THREADS SUTURE_MIN_IDLE=$THREADS \
+    suture_mysql_config "$WORK/suture.toml" "$SUTURE_PORT" "$MDB_PORT"
 TARGETS="direct suture"
 if ! start_suture_mysql "$WORK/suture.toml" "$WORK/suture.log" "$SUTURE_PORT"; then
     log "suture could not be started: measuring direct only"

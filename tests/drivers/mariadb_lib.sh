@@ -84,7 +84,8 @@ mariadb_sql() {
 }
 
 # Writes a Suture config with one MySQL pool `app` listening on LISTEN in front of
-# 127.0.0.1:SERVER, users app and root, to FILE; extra pool lines from $4.
+# 127.0.0.1:SERVER, users app and root, to FILE; extra pool lines from $4; the pool's
+# max_size and min_idle from SUTURE_MAX_SIZE [20] and SUTURE_MIN_IDLE [1].
 suture_mysql_config() {
     local file=$1 listen=$2 server=$3 extra=${4:-}
     local admin
@@ -98,8 +99,8 @@ protocol = "mysql"
 listen = "127.0.0.1:$listen"
 servers = ["127.0.0.1:$server"]
 tls = "disable"
-min_idle = 1
-max_size = 20
+min_idle = ${SUTURE_MIN_IDLE:-1}
+max_size = ${SUTURE_MAX_SIZE:-20}
 $extra
 
 [pools.app.users.app]

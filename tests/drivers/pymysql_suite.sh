@@ -119,7 +119,9 @@ start_suture() {
         (cd "$ROOT" && cargo build --quiet --bin suture) || return 1
     fi
     SUTURE_PORT="$(free_port)"
-    suture_mysql_config "$WORK/suture.toml" "$SUTURE_PORT" "$MDB_PORT"
+    # Session mode: one backend per open client connection, and the suite keeps many
+    # open at once (connections of finished tests close only when collected).
+    SUTURE_MAX_SIZE=100 suture_mysql_config "$WORK/suture.toml" "$SUTURE_PORT" "$MDB_PORT"
     cp "$WORK/suture.toml" "$RESULTS/suture.toml"
     start_suture_mysql "$WORK/suture.toml" "$WORK/suture.log" "$SUTURE_PORT" || return 1
     log "suture (pid $SUTURE_PID) listening on 127.0.0.1:$SUTURE_PORT"
