@@ -6,3 +6,4 @@
 pub(crate) mod client_auth;
 pub(crate) mod client_login;
 pub(crate) mod errors;
+pub(crate) mod lexer;
