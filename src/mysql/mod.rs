@@ -7,3 +7,5 @@ pub(crate) mod client_auth;
 pub(crate) mod client_login;
 pub(crate) mod errors;
 pub(crate) mod lexer;
+pub(crate) mod statement;
+mod statement_effects;
