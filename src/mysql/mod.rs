@@ -7,5 +7,6 @@ pub(crate) mod client_auth;
 pub(crate) mod client_login;
 pub(crate) mod errors;
 pub(crate) mod lexer;
+pub(crate) mod session_state;
 pub(crate) mod statement;
 mod statement_effects;
