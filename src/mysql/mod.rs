@@ -10,3 +10,4 @@ pub(crate) mod lexer;
 pub(crate) mod session_state;
 pub(crate) mod statement;
 mod statement_effects;
+pub(crate) mod statement_ids;
