@@ -326,8 +326,8 @@ fn has_compound_body(head: &[Token<'_>]) -> bool {
 }
 
 /// The nesting depth of `BEGIN ... END` and `CASE ... END [CASE]` after the last token of
-/// `tokens`, given the depth before it. `END IF`, `END LOOP`, `END WHILE` and `END REPEAT`
-/// close blocks that were not counted: their `END` is given back.
+/// `tokens`, given the depth before it. `END IF`, `END LOOP`, `END WHILE`, `END REPEAT` and
+/// `END FOR` close blocks that were not counted: their `END` is given back.
 fn body_depth(depth: usize, tokens: &[Token<'_>]) -> usize {
     let Some((last, before)) = tokens.split_last() else {
         return depth;
@@ -337,7 +337,7 @@ fn body_depth(depth: usize, tokens: &[Token<'_>]) -> usize {
         depth + 1
     } else if last.is("END") {
         depth.saturating_sub(1)
-    } else if after_end && last.is_any(&["IF", "LOOP", "WHILE", "REPEAT"]) {
+    } else if after_end && last.is_any(&["IF", "LOOP", "WHILE", "REPEAT", "FOR"]) {
         depth + 1
     } else {
         depth

@@ -257,6 +257,9 @@ fn program_bodies_stay_whole() {
         CASE x WHEN 1 THEN SELECT 2; END CASE; \
         SELECT CASE WHEN x THEN 1 END; \
         l: LOOP LEAVE l; END LOOP; \
+        FOR i IN 1..3 DO SELECT i; END FOR; \
+        WHILE x DO SET x = 0; END WHILE; \
+        REPEAT SET x = 1; UNTIL x END REPEAT; \
         END; SELECT 3";
     let parts = statement_texts(procedure);
     assert_eq!(parts.len(), 2, "{parts:?}");
