@@ -123,6 +123,7 @@ impl SessionState {
         if changed && !explained {
             taint.get_or_insert(Taint::UnexplainedChange);
         }
+        self.forget_implied_collation(state_bytes);
         match taint {
             Some(t) => {
                 self.tainted = true;
@@ -151,6 +152,23 @@ impl SessionState {
             }
         }
         Ok(explains)
+    }
+
+    /// A new `character_set_connection` resets `collation_connection`, and MariaDB reports
+    /// the character set of `SET NAMES x [COLLATE y]` without the collation: an earlier
+    /// collation no longer holds, and setting the character set alone restores the default.
+    fn forget_implied_collation(&mut self, state_bytes: &[u8]) {
+        let mut charset = false;
+        let mut collation = false;
+        for change in session_changes(state_bytes).flatten() {
+            if let SessionChange::SystemVariable { name, .. } = change {
+                charset |= name.eq_ignore_ascii_case(SET_TOGETHER[0].as_bytes());
+                collation |= name.eq_ignore_ascii_case(SET_TOGETHER[1].as_bytes());
+            }
+        }
+        if charset && !collation {
+            self.variables.remove(SET_TOGETHER[1]);
+        }
     }
 
     /// Records one tracked variable assignment.

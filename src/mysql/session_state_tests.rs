@@ -293,3 +293,22 @@ fn restore_sql_survives_the_lexer_in_every_mode() {
         }
     }
 }
+
+#[test]
+fn a_new_connection_charset_forgets_the_old_collation() {
+    let mut state = SessionState::new(None);
+    state
+        .apply_tracking(&block(&[
+            var("character_set_connection", "latin1"),
+            var("collation_connection", "latin1_german1_ci"),
+        ]))
+        .expect("explicit collation");
+    // `SET NAMES utf8mb4`: MariaDB reports the character sets only.
+    state.apply_tracking(SET_NAMES).expect("set names");
+    assert_eq!(state.variable("collation_connection"), None);
+    assert_eq!(
+        state.restore_sql(&BTreeMap::new()),
+        ["SET SESSION `character_set_client` = 'utf8mb4', \
+          `character_set_connection` = 'utf8mb4', `character_set_results` = 'utf8mb4'"]
+    );
+}
