@@ -20,6 +20,7 @@ pub(crate) mod manager;
 mod session;
 mod session_state;
 mod statement;
+mod statement_effects;
 mod statement_ids;
 #[cfg(test)]
 mod test_server;
