@@ -138,3 +138,86 @@ fn a_server_that_refuses_a_long_request_before_its_end_is_followed() {
         t.book.pending
     );
 }
+
+/// Appends one packet with `payload` at `seq`.
+fn packet(seq: u8, payload: &[u8], out: &mut BytesMut) {
+    encode_packet(seq, payload, out);
+}
+
+#[test]
+fn multi_results_with_deprecate_eof_end_at_the_last_terminator() {
+    let caps = CLIENT | CLIENT_DEPRECATE_EOF | CLIENT_MULTI_STATEMENTS | CLIENT_MULTI_RESULTS;
+    for backend_caps in [caps, caps | CLIENT_SESSION_TRACK] {
+        let shared = Shared::default();
+        let mut framer = MyClientFramer::new(1 << 20, caps);
+        let request = command_bytes(command::COM_QUERY, b"SELECT 1; SELECT 2");
+        walk_in_chunks(&mut framer, &shared, &request, 1024);
+        let mut rbuf = BytesMut::new();
+        let coldef =
+            b"\x03def\x00\x00\x00\x011\x00\x0c\x3f\x00\x01\x00\x00\x00\x08\x81\x00\x00\x00\x00";
+        let more = status::SERVER_STATUS_AUTOCOMMIT | status::SERVER_MORE_RESULTS_EXISTS;
+        let terminator = |flags: u16| {
+            let ok = OkPacket {
+                header: 0xFE,
+                status: flags,
+                ..OkPacket::default()
+            };
+            let mut out = BytesMut::new();
+            suture_protocol::mysql::encode_ok(&ok, backend_caps, 0, &mut out).expect("encodes");
+            out[4..].to_vec()
+        };
+        packet(1, b"\x01", &mut rbuf);
+        packet(2, coldef, &mut rbuf);
+        packet(3, b"\x011", &mut rbuf);
+        packet(4, &terminator(more), &mut rbuf);
+        packet(5, b"\x01", &mut rbuf);
+        packet(6, coldef, &mut rbuf);
+        packet(7, b"\x012", &mut rbuf);
+        packet(8, &terminator(status::SERVER_STATUS_AUTOCOMMIT), &mut rbuf);
+        let mut backend = MyBackendFramer::new(1 << 20, caps, backend_caps);
+        let mut conn = ConnState::default();
+        let scanned = backend
+            .scan(&mut rbuf, &shared, &mut conn)
+            .expect("valid reply");
+        assert_eq!(
+            scanned,
+            Scanned::Forward(rbuf.len()),
+            "caps {backend_caps:x}"
+        );
+        assert!(
+            shared.lock().ledger.is_empty(),
+            "caps {backend_caps:x}: complete"
+        );
+    }
+}
+
+#[test]
+fn session_tracking_is_removed_from_every_ok_for_a_client_without_it() {
+    let caps = CLIENT | CLIENT_DEPRECATE_EOF | CLIENT_MULTI_STATEMENTS | CLIENT_MULTI_RESULTS;
+    let backend_caps = caps | CLIENT_SESSION_TRACK;
+    let shared = Shared::default();
+    let mut framer = MyClientFramer::new(1 << 20, caps);
+    let request = command_bytes(
+        command::COM_QUERY,
+        b"CREATE TABLE m (a INT); INSERT INTO m VALUES (1)",
+    );
+    walk_in_chunks(&mut framer, &shared, &request, 1024);
+    let mut rbuf = BytesMut::new();
+    packet(1, &[0, 0, 0, 10, 0, 0, 0], &mut rbuf);
+    // With tracking agreed, and a session state the client must not see.
+    let mut second = vec![0, 1, 0, 0x02, 0x40, 0, 0, 5];
+    second.extend_from_slice(b"Rows!");
+    second.extend_from_slice(b"\x03\x02\x01\x31");
+    packet(2, &second, &mut rbuf);
+    let mut backend = MyBackendFramer::new(1 << 20, caps, backend_caps);
+    let mut conn = ConnState::default();
+    let scanned = backend
+        .scan(&mut rbuf, &shared, &mut conn)
+        .expect("valid reply");
+    let mut expected = BytesMut::new();
+    packet(1, &[0, 0, 0, 10, 0, 0, 0], &mut expected);
+    packet(2, b"\x00\x01\x00\x02\x00\x00\x00\x05Rows!", &mut expected);
+    assert_eq!(scanned, Scanned::Forward(expected.len()));
+    assert_eq!(&rbuf[..], &expected[..]);
+    assert!(shared.lock().ledger.is_empty());
+}

@@ -5,6 +5,7 @@
 //! the sequence id the client expects.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::BytesMut;
 use suture_protocol::mysql::{self, capability, command, error_code, parse_header, HEADER_LEN};
@@ -15,6 +16,7 @@ use crate::mysql::aborted;
 use crate::mysql::backend::{MyBackendConn, MyBackendError};
 use crate::mysql::backend_query::MyRunError;
 use crate::mysql::book::{MyBook, Shared, Tracker};
+use crate::mysql::change_user;
 use crate::mysql::client_login::ClientLogin;
 use crate::mysql::context::MyService;
 use crate::mysql::errors::{ClientError, MyNotice};
@@ -23,7 +25,7 @@ use crate::mysql::lost;
 use crate::mysql::manager::MyManager;
 use crate::pool::{Checkout, PoolError};
 use crate::session::core::Core;
-use crate::session::hooks::{AbortedEnd, Hooks, LostIo, Prepare};
+use crate::session::hooks::{AbortedEnd, Hooks, LocalEnd, LocalIo, LostIo, Prepare};
 use crate::session::ledger::TxState;
 
 /// MySQL's ER_OUT_OF_RESOURCES.
@@ -32,10 +34,31 @@ const ER_OUT_OF_RESOURCES: u16 = 1041;
 /// One MySQL session's hooks.
 pub(crate) struct MyHooks<'a> {
     pub(crate) svc: &'a MyService,
-    pub(crate) login: &'a ClientLogin,
+    /// The client's login; COM_CHANGE_USER replaces it.
+    pub(crate) login: Mutex<ClientLogin>,
+    /// The capabilities the client logged in with (COM_CHANGE_USER keeps them).
+    pub(crate) capabilities: u64,
 }
 
 impl MyHooks<'_> {
+    pub(crate) fn new(svc: &MyService, login: ClientLogin) -> MyHooks<'_> {
+        MyHooks {
+            svc,
+            capabilities: login.capabilities,
+            login: Mutex::new(login),
+        }
+    }
+
+    /// The client's current login.
+    pub(crate) fn login(&self) -> MutexGuard<'_, ClientLogin> {
+        self.login.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The database the client's login asked for.
+    fn login_database(&self) -> Option<String> {
+        self.login().database.clone()
+    }
+
     fn limit(&self) -> std::time::Duration {
         self.svc.core.config.timeouts.reset
     }
@@ -49,7 +72,7 @@ impl MyHooks<'_> {
             let schema = state
                 .schema()
                 .map(str::to_owned)
-                .or_else(|| self.login.database.clone());
+                .or_else(|| self.login_database());
             let prepared: Vec<_> = t
                 .book
                 .statements
@@ -69,7 +92,7 @@ impl MyHooks<'_> {
         for sql in statements {
             conn.query(&sql, limit).await?;
         }
-        let logged_in_multi = self.login.capabilities & capability::CLIENT_MULTI_STATEMENTS != 0;
+        let logged_in_multi = self.capabilities & capability::CLIENT_MULTI_STATEMENTS != 0;
         if let Some(on) = multi.filter(|on| *on != logged_in_multi) {
             conn.set_option(on, limit).await?;
         }
@@ -120,14 +143,14 @@ impl Hooks for MyHooks<'_> {
     fn client_framer(&self) -> MyClientFramer {
         MyClientFramer::new(
             self.svc.core.config.limits.max_message_size,
-            self.login.capabilities,
+            self.capabilities,
         )
     }
 
     fn adopt(&self, conn: &MyBackendConn) -> MyBackendFramer {
         MyBackendFramer::new(
             self.svc.core.config.limits.max_message_size,
-            self.login.capabilities,
+            self.capabilities,
             conn.capabilities,
         )
     }
@@ -165,12 +188,10 @@ impl Hooks for MyHooks<'_> {
                 return;
             }
             if let Some(db) = self
-                .login
-                .database
-                .as_deref()
-                .filter(|db| conn.state.database.as_deref() != Some(*db))
+                .login_database()
+                .filter(|db| conn.state.database.as_deref() != Some(db.as_str()))
             {
-                if conn.init_db(db, limit).await.is_err() {
+                if conn.init_db(&db, limit).await.is_err() {
                     return;
                 }
             }
@@ -215,14 +236,8 @@ impl Hooks for MyHooks<'_> {
         )
     }
 
-    /// COM_CHANGE_USER: the session's backends belong to the user it logged in as, so the
-    /// client is told to connect as the other user instead; the session goes on unchanged.
-    fn local_notice(&self, _request: &[u8]) -> MyNotice {
-        MyNotice::new(
-            error_code::ER_UNKNOWN_COM_ERROR,
-            "08S01",
-            "COM_CHANGE_USER is not supported through Suture; open a new connection as the other user",
-        )
+    async fn serve_local<'a>(&'a self, io: LocalIo<'a, MyManager, MyBook>) -> LocalEnd {
+        change_user::serve(self, io).await
     }
 
     /// At the sequence id of the reply in progress; otherwise 1 when it answers a command the
@@ -256,7 +271,7 @@ impl Hooks for MyHooks<'_> {
             Some(p) => Some(p.reply.next_seq()),
             None => Some(1),
         };
-        lost::encode_answer(answer, seq, self.login.capabilities, out);
+        lost::encode_answer(answer, seq, self.capabilities, out);
         Ok(())
     }
 
@@ -269,6 +284,6 @@ impl Hooks for MyHooks<'_> {
         io: LostIo<'a, MyBook>,
         mode: After,
     ) -> AbortedEnd {
-        aborted::serve(io, mode, self.login.capabilities).await
+        aborted::serve(io, mode, self.capabilities).await
     }
 }

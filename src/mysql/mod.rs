@@ -8,6 +8,7 @@ pub(crate) mod backend;
 pub(crate) mod backend_auth;
 pub(crate) mod backend_query;
 mod book;
+mod change_user;
 pub(crate) mod client_auth;
 pub(crate) mod client_login;
 mod context;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use crate::mysql::client_login::{self, LoginSettings};
+use crate::mysql::client_login::{self, ClientLogin, LoginSettings};
 use crate::mysql::context::MyService;
 use crate::mysql::errors::{ClientError, MyNotice};
 use crate::mysql::hooks::MyHooks;
@@ -55,13 +55,7 @@ pub(crate) async fn serve(svc: Arc<MyService>, mut stream: TcpStream, client_id:
         Ok(login) => login,
         Err(err) => return fail(&svc, &mut stream, err, None).await,
     };
-    let key = MyKey {
-        user: login.user.clone(),
-        database: login.database.clone(),
-        capabilities: login.capabilities & SHAPE_CAPABILITIES,
-        character_set: login.character_set,
-    };
-    let mut checkout = match svc.core.pool.checkout(&key).await {
+    let mut checkout = match svc.core.pool.checkout(&key_of(&login)).await {
         Ok(checkout) => checkout,
         Err(err) => {
             let err = ClientError::from(err);
@@ -76,12 +70,20 @@ pub(crate) async fn serve(svc: Arc<MyService>, mut stream: TcpStream, client_id:
         return;
     }
     count("accepted");
-    tracing::debug!(client = client_id, user = %login.user, database = ?login.database, backend_id = conn.connection_id, "session started");
-    let hooks = MyHooks {
-        svc: &svc,
-        login: &login,
-    };
+    tracing::debug!(client = client_id, user = %login.user, database = ?login.database, backend_id = conn.connection_id, backend = %conn.addr, "session started");
+    let hooks = MyHooks::new(&svc, login);
     command_phase::run(hooks, stream, buf, checkout, client_id).await;
+}
+
+/// The sub-pool a client's backends come from: its user and database, and what its login
+/// fixes about the session (the capability flags that shape replies, the character set).
+pub(crate) fn key_of(login: &ClientLogin) -> MyKey {
+    MyKey {
+        user: login.user.clone(),
+        database: login.database.clone(),
+        capabilities: login.capabilities & SHAPE_CAPABILITIES,
+        character_set: login.character_set,
+    }
 }
 
 fn count(result: &'static str) {

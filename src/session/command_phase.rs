@@ -14,7 +14,7 @@ use crate::heal::RefusalReason;
 use crate::ops::pool_state::EventKind;
 use crate::pool::{Checkout, Manager, PoolError};
 use crate::session::deadlines::BackendWatch;
-use crate::session::hooks::{Hooks, Prepare};
+use crate::session::hooks::{Hooks, LocalEnd, LocalIo, Prepare};
 use crate::session::link::{Link, LinkParts};
 use crate::session::relay::{
     self, BackendStream, ClientBoundary, ClientStream, RelayEnd, RelayLimits,
@@ -258,18 +258,27 @@ impl<H: Hooks> CommandPhase<H> {
         self.tell(Some(notice)).await;
     }
 
-    /// A request Suture answers itself (MySQL COM_CHANGE_USER): everything before it was sent,
-    /// it is at the front of the client buffer, never registered in the ledger nor sent; it
-    /// gets the protocol's answer and the session goes on.
+    /// A request Suture answers itself (MySQL COM_CHANGE_USER): everything before it was sent
+    /// and answered, it is at the front of the client buffer, never registered in the ledger
+    /// nor sent. The protocol serves it; a backend it swapped in is adopted.
     async fn local_request(&mut self, len: usize) -> Next {
         let request = self.cbuf.split_to(len.min(self.cbuf.len()));
-        let notice = self.hooks.local_notice(&request);
-        let mut out = BytesMut::new();
-        self.hooks
-            .encode_notice(&notice, &self.shared.lock().book, true, &mut out);
-        match wire::write_all(&mut self.client_write, &out, self.limits.client_write).await {
-            Ok(()) => Next::Resume,
-            Err(_) => Next::End,
+        let io = LocalIo {
+            request: &request,
+            client_read: &mut self.client_read,
+            client_write: &mut self.client_write,
+            cbuf: &mut self.cbuf,
+            checkout: &mut self.checkout,
+            shared: &self.shared,
+        };
+        match self.hooks.serve_local(io).await {
+            LocalEnd::Served { new_backend } => {
+                if new_backend {
+                    self.adopt_current();
+                }
+                Next::Resume
+            }
+            LocalEnd::End => Next::End,
         }
     }
 
