@@ -12,7 +12,6 @@ use suture_protocol::ProtocolError;
 use crate::heal::After;
 use crate::mysql::book::{MyBook, Note};
 use crate::mysql::errors::MyNotice;
-use crate::mysql::lexer::SqlMode;
 use crate::mysql::lost::{encode_done, LOST_IN_TRANSACTION, TRANSACTION_GONE};
 use crate::mysql::statement;
 use crate::session::hooks::{AbortedEnd, LostIo};
@@ -129,8 +128,7 @@ fn answer_kind(payload: &[u8], book: &MyBook) -> Kind {
             ..Traits::default()
         }),
         command::COM_QUERY => {
-            let mode = SqlMode::from_status(book.status);
-            let facts = statement::classify(&payload[1..], mode, true);
+            let facts = statement::classify(&payload[1..], book.sql_mode(), true);
             Kind::Statement(statement::combine(&facts).traits())
         }
         command::COM_STMT_EXECUTE => {

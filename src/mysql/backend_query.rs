@@ -22,8 +22,6 @@ use crate::mysql::backend_auth::notice_of;
 use crate::mysql::errors::MyNotice;
 use crate::wire::{self, WireError};
 
-/// How long writing a command that has no reply (COM_STMT_CLOSE) may take.
-const NO_REPLY_WRITE_LIMIT: Duration = Duration::from_secs(5);
 /// COM_SET_OPTION's operations.
 const MULTI_STATEMENTS_ON: u16 = 0;
 const MULTI_STATEMENTS_OFF: u16 = 1;
@@ -164,17 +162,6 @@ impl MyBackendConn {
         parse_prepare_ok(&payload)
             .inspect_err(|_| self.broken = true)
             .map_err(MyRunError::from)
-    }
-
-    /// COM_STMT_CLOSE: the server sends no reply.
-    pub(crate) async fn close_statement(&mut self, id: u32) -> Result<(), MyRunError> {
-        self.command(
-            command::COM_STMT_CLOSE,
-            &id.to_le_bytes(),
-            NO_REPLY_WRITE_LIMIT,
-        )
-        .await
-        .map(drop)
     }
 
     /// Checks an idle connection without waiting: FIN, RST or any packet while idle (an

@@ -158,7 +158,6 @@ async fn native_login_discovery_commands_and_kill() {
 
     let prepared = conn.prepare(b"SELECT ? + 1, ?", T).await.unwrap();
     assert_eq!((prepared.params, prepared.columns), (2, 2));
-    conn.close_statement(prepared.statement_id).await.unwrap();
     conn.ping(T).await.unwrap();
 
     // COM_SET_OPTION switches multi-statements.

@@ -10,14 +10,17 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use bytes::Bytes;
 use suture_protocol::mysql::{self, Next, Reply};
 
+use crate::mysql::lexer::SqlMode;
 use crate::mysql::session_state::SessionState;
 use crate::mysql::statement_ids::StatementMap;
 use crate::session::ledger::{Traits, TxState};
 use crate::session::tracker::{self, Book};
 
-/// Prepared statements whose traits are remembered per session; more are taken to possibly
-/// commit.
-const MAX_STATEMENT_TRAITS: usize = 10_000;
+/// Prepared statements a session keeps for re-preparing them on another backend; past either
+/// bound its state is not restorable (and the traits of the ones past it are not kept: their
+/// executes are taken to possibly commit).
+const MAX_STATEMENTS: usize = 10_000;
+const MAX_STATEMENT_BYTES: usize = 16 << 20;
 
 /// A MySQL session's tracker.
 pub(crate) type Tracker = tracker::Tracker<MyBook>;
@@ -107,7 +110,7 @@ impl Book for MyBook {
     }
 
     fn restorable(&self) -> bool {
-        self.long_data.is_empty()
+        self.long_data.is_empty() && !self.state.tainted()
     }
 }
 
@@ -127,13 +130,21 @@ impl MyBook {
             .is_some_and(|p| p.reply.next() == Next::Client)
     }
 
-    /// The sequence id the next packet to the client must carry when the `index`-th request in
-    /// flight is answered by Suture.
-    pub(crate) fn next_seq(&self, index: usize) -> Option<u8> {
-        self.pending.get(index).map(|p| p.reply.next_seq())
+    /// How the session's SQL is read: the server's NO_BACKSLASH_ESCAPES status, and
+    /// ANSI_QUOTES from the `sql_mode` session tracking reported.
+    pub(crate) fn sql_mode(&self) -> SqlMode {
+        let from_status = SqlMode::from_status(self.status);
+        match self.state.variable("sql_mode") {
+            Some(mode) => SqlMode {
+                no_backslash_escapes: from_status.no_backslash_escapes,
+                ..from_status.with_sql_mode(mode)
+            },
+            None => from_status,
+        }
     }
 
-    /// A statement the backend prepared as `backend_id`: its client-visible id.
+    /// A statement the backend prepared as `backend_id`: its client-visible id. Past the
+    /// bounds of what a session keeps for re-preparing, its state is not restorable any more.
     pub(crate) fn prepared(
         &mut self,
         backend_id: u32,
@@ -141,9 +152,13 @@ impl MyBook {
         params: u16,
         columns: u16,
     ) -> u32 {
-        let traits = statement_traits(&sql, self.status);
+        let traits = statement_traits(&sql, self.sql_mode(), self.status);
         let id = self.statements.prepared(backend_id, sql, params, columns);
-        if self.statement_traits.len() < MAX_STATEMENT_TRAITS {
+        if self.statements.len() > MAX_STATEMENTS
+            || self.statements.sql_bytes() > MAX_STATEMENT_BYTES
+        {
+            self.state.taint();
+        } else {
             self.statement_traits.insert(id, traits);
         }
         id
@@ -175,8 +190,7 @@ impl MyBook {
 }
 
 /// What executing a prepared statement with text `sql` may do.
-fn statement_traits(sql: &[u8], status: u16) -> Traits {
-    let mode = crate::mysql::lexer::SqlMode::from_status(status);
+fn statement_traits(sql: &[u8], mode: SqlMode, status: u16) -> Traits {
     let in_tx = status & mysql::status::SERVER_STATUS_IN_TRANS != 0;
     let facts = crate::mysql::statement::classify(sql, mode, in_tx);
     crate::mysql::statement::combine(&facts).traits()

@@ -13,6 +13,7 @@ use crate::mysql::errors::{ClientError, MyNotice};
 use crate::mysql::hooks::MyHooks;
 use crate::mysql::manager::MyManager;
 use crate::mysql::session::key_of;
+use crate::mysql::session_state::SessionState;
 use crate::session::hooks::{Hooks, LocalEnd, LocalIo};
 use crate::wire;
 
@@ -61,7 +62,11 @@ pub(crate) async fn serve(hooks: &MyHooks<'_>, io: LocalIo<'_, MyManager, MyBook
     client_login::encode_login_ok(&login, fresh.conn().state.status, &mut out);
     // The old backend goes back as after a session; the session starts over.
     let old_tracker = std::mem::take(&mut *io.shared.lock());
-    io.shared.lock().request_duration = old_tracker.request_duration.clone();
+    {
+        let mut t = io.shared.lock();
+        t.request_duration = old_tracker.request_duration.clone();
+        t.book.state = SessionState::new(login.database.clone());
+    }
     let old = std::mem::replace(io.checkout, fresh);
     hooks.release(old, &old_tracker).await;
     tracing::debug!(pool = %config.name, from = %current.user, to = %login.user, "COM_CHANGE_USER");

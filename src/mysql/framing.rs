@@ -232,10 +232,11 @@ impl MyClientFramer {
 /// What a COM_QUERY of `sql` may do; it taints the session when it creates state Suture cannot
 /// rebuild.
 fn query_traits(sql: &[u8], t: &mut Tracker, in_tx: bool) -> Traits {
-    let mode = crate::mysql::lexer::SqlMode::from_status(t.book.status);
-    let facts = crate::mysql::statement::classify(sql, mode, in_tx);
+    let facts = crate::mysql::statement::classify(sql, t.book.sql_mode(), in_tx);
     let facts = crate::mysql::statement::combine(&facts);
     if facts.taints {
+        // Tracking may not tell (a user variable beside a tracked one in one SET).
+        t.book.state.taint();
         t.tainted = true;
     }
     facts.traits()
@@ -319,10 +320,8 @@ impl ClientFramer for MyClientFramer {
                     }
                 }
                 open.started = true;
-                if done {
-                    if self.open.take().is_some_and(|open| open.reply_at_end) {
-                        self.finished(seq, &mut t.book)?;
-                    }
+                if done && self.open.take().is_some_and(|open| open.reply_at_end) {
+                    self.finished(seq, &mut t.book)?;
                 }
             } else {
                 t.ledger.continuation(bytes);
@@ -414,7 +413,8 @@ impl MyBackendFramer {
             t.dirty = true;
         }
         if let Some(state) = ok.session_state {
-            if t.book.state.apply_tracking(state).is_err() {
+            if let Err(taint) = t.book.state.apply_tracking(state) {
+                tracing::debug!(cause = taint.label(), "session state Suture cannot rebuild");
                 t.tainted = true;
             }
             conn.database = t.book.state.schema().map(str::to_owned);

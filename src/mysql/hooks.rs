@@ -67,7 +67,11 @@ impl MyHooks<'_> {
     async fn restore(&self, conn: &mut MyBackendConn, shared: &Shared) -> Result<(), MyRunError> {
         let limit = self.limit();
         let (schema, statements, multi, prepared) = {
-            let t = shared.lock();
+            let mut t = shared.lock();
+            // Until each is prepared again, no backend id is valid.
+            if !t.book.statements.is_empty() {
+                t.book.statements.unbind_all();
+            }
             let state = &t.book.state;
             let schema = state
                 .schema()

@@ -44,6 +44,7 @@ pub(crate) struct MyKey {
 
 impl MyKey {
     /// A key with the capabilities masked to [`SHAPE_CAPABILITIES`].
+    #[cfg(test)]
     pub(crate) fn new(user: String, database: Option<String>, capabilities: u64) -> MyKey {
         MyKey {
             user,

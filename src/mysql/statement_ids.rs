@@ -93,6 +93,7 @@ impl StatementMap {
     }
 
     /// The statement behind a client id, bound or not.
+    #[cfg(test)]
     pub(crate) fn get(&self, client_id: u32) -> Option<&PreparedStatement> {
         self.statements.get(&client_id)
     }
