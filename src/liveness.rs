@@ -61,6 +61,20 @@ impl Probe {
     }
 }
 
+/// The first step of an idle backend's check, for both protocols: a connection marked broken
+/// or a socket found dead fails with its cause label; `Ok(true)` means bytes are waiting and
+/// the protocol must read them to judge.
+pub(crate) fn data_waiting(broken: bool, probe: &Probe) -> Result<bool, &'static str> {
+    if broken {
+        return Err("error");
+    }
+    match probe.check() {
+        Liveness::Alive => Ok(false),
+        Liveness::DataWaiting => Ok(true),
+        dead => Err(dead.cause()),
+    }
+}
+
 /// Reads into `buf` whatever `reader` has ready, without waiting (for a connection whose probe
 /// saw bytes while idle; over TLS they may turn out to be records without data). `Err` carries
 /// the idle-close cause: `fin` at end of stream, `rst` when the socket failed, `server_error`

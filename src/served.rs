@@ -81,8 +81,8 @@ impl Service {
     /// Says goodbye to every idle backend connection and closes it; returns how many.
     pub(crate) async fn terminate_idle(&self) -> usize {
         match self {
-            Service::Postgres(svc) => svc.terminate_idle().await,
-            Service::Mysql(svc) => svc.terminate_idle().await,
+            Service::Postgres(svc) => svc.core.terminate_idle().await,
+            Service::Mysql(svc) => svc.core.terminate_idle().await,
         }
     }
 

@@ -26,10 +26,10 @@ use crate::mysql::backend_auth::{self, AuthStart, ClientPlugin};
 use crate::mysql::backend_query::MyRunError;
 use crate::mysql::errors::{BackendFailure, MyNotice};
 use crate::mysql::manager::{MyBackendContext, MyKey, SHAPE_CAPABILITIES};
-use crate::net::connect::{connect_tcp, ConnectError};
-use crate::net::tls::TlsError;
+use crate::net::connect::connect_tcp;
+use crate::net::login_error::{bounded, LoginError, Refusal};
 use crate::ops::pool_state::ServerLimits;
-use crate::session::link::{Link, LinkParts};
+use crate::session::link::impl_link;
 use crate::stream::{self, StreamRead, StreamWrite};
 use crate::wire::{self, WireError};
 
@@ -102,116 +102,23 @@ pub(crate) struct MyBackendConn {
     pub(crate) max_message_size: usize,
 }
 
-/// Why opening a backend connection failed; every variant says which step.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum MyBackendError {
-    /// DNS or TCP connect failed.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// TLS could not be negotiated.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// The server does not offer TLS but the pool's mode requires it.
-    #[error("server does not support TLS, but tls mode is {}", .0.as_str())]
-    TlsRefused(TlsMode),
-    /// A step did not finish in time.
-    #[error("{step} timed out after {limit:?}")]
-    Timeout {
-        /// Which step.
-        step: &'static str,
-        /// Its deadline.
-        limit: Duration,
-    },
-    /// The socket failed or the server broke the protocol during login.
-    #[error("backend login failed: {0}")]
-    Wire(#[from] WireError),
-    /// The server refused the connection or the login with an ERR (bad password, unknown
-    /// database, too many connections, ...).
-    #[error("server refused login: {0}")]
-    Refused(MyNotice),
-    /// The server asked for an authentication method Suture cannot answer.
-    #[error("server asked for an unsupported authentication method ({0})")]
-    UnsupportedAuth(String),
-    /// No password is configured for this user.
-    #[error("no password configured for user {0:?}")]
-    UnknownUser(String),
-    /// The pool wants a primary and every server reached was read-only.
-    #[error("server {0} is read-only and the pool wants a primary")]
-    ReadOnly(ServerAddr),
-    /// Turning session tracking on or discovering the server's settings after login failed.
-    #[error("reading the server's settings after login failed: {0}")]
-    Discovery(#[source] Box<MyRunError>),
-    /// caching_sha2_password wants the full authentication, there is no TLS, and the server's
-    /// RSA public key could not be had (or used).
-    #[error("caching_sha2_password full authentication needs TLS or the server's RSA public key")]
-    NoSecureChannel,
-}
+/// Why opening a MySQL backend connection failed.
+pub(crate) type MyBackendError = LoginError<MyNotice, MyRunError>;
 
 /// Error codes of login refusals that mean "not now" rather than "not you": the server is
 /// shutting down (ER_SERVER_SHUTDOWN), killed the connection (ER_CONNECTION_KILLED), or is in
 /// offline mode (MySQL's ER_SERVER_OFFLINE_MODE).
 const TRANSIENT_LOGIN_CODES: [u16; 3] = [1053, 1927, 3032];
 
-fn transient_refusal(notice: &MyNotice) -> bool {
-    TRANSIENT_LOGIN_CODES.contains(&notice.code)
-}
-
-impl MyBackendError {
-    /// Fixed-cardinality label for `suture_backend_connects_total{result}`.
-    pub(crate) fn metrics_label(&self) -> &'static str {
-        match self {
-            MyBackendError::Connect(err) => err.metrics_label(),
-            MyBackendError::Tls(_) | MyBackendError::TlsRefused(_) => "tls_error",
-            MyBackendError::Timeout { .. } => "timeout",
-            MyBackendError::Wire(_) | MyBackendError::Discovery(_) => "error",
-            MyBackendError::Refused(notice) if transient_refusal(notice) => "refused",
-            MyBackendError::Refused(_)
-            | MyBackendError::UnsupportedAuth(_)
-            | MyBackendError::UnknownUser(_)
-            | MyBackendError::NoSecureChannel => "auth_error",
-            MyBackendError::ReadOnly(_) => "read_only",
-        }
-    }
-
-    /// Whether the failover hold should keep trying (DESIGN §5): the server could not be
-    /// reached, could not finish a login right now, or has the wrong role. A refused password,
-    /// an unknown database or a TLS mode the server does not offer are answers, not outages.
-    pub(crate) fn is_retryable(&self) -> bool {
-        match self {
-            MyBackendError::Connect(_)
-            | MyBackendError::Tls(_)
-            | MyBackendError::Timeout { .. }
-            | MyBackendError::Wire(_)
-            | MyBackendError::ReadOnly(_)
-            | MyBackendError::Discovery(_) => true,
-            MyBackendError::Refused(notice) => transient_refusal(notice),
-            MyBackendError::TlsRefused(_)
-            | MyBackendError::UnsupportedAuth(_)
-            | MyBackendError::UnknownUser(_)
-            | MyBackendError::NoSecureChannel => false,
-        }
+impl Refusal for MyNotice {
+    fn transient(&self) -> bool {
+        TRANSIENT_LOGIN_CODES.contains(&self.code)
     }
 }
 
 impl BackendFailure for MyBackendError {
     fn client_reason(&self) -> &'static str {
-        match self {
-            MyBackendError::Connect(_) => "the server could not be reached",
-            MyBackendError::Tls(_) | MyBackendError::TlsRefused(_) => "TLS could not be negotiated",
-            MyBackendError::Timeout { .. } => "the login timed out",
-            MyBackendError::Wire(_) | MyBackendError::Discovery(_) => {
-                "the connection failed during login"
-            }
-            MyBackendError::Refused(_) => "the server refused the login",
-            MyBackendError::UnsupportedAuth(_) => {
-                "the server asked for an unsupported authentication method"
-            }
-            MyBackendError::UnknownUser(_) => "no password is configured for this user",
-            MyBackendError::ReadOnly(_) => "the server is read-only and the pool wants a primary",
-            MyBackendError::NoSecureChannel => {
-                "the server wants the password over TLS or RSA, and neither was possible"
-            }
-        }
+        LoginError::client_reason(self)
     }
 
     fn refusal(&self) -> Option<MyNotice> {
@@ -219,18 +126,6 @@ impl BackendFailure for MyBackendError {
             MyBackendError::Refused(notice) => Some(notice.clone()),
             _ => None,
         }
-    }
-}
-
-/// Bounds one login step by `limit`; running out is a [`MyBackendError::Timeout`] naming it.
-async fn bounded<T>(
-    what: &'static str,
-    limit: Duration,
-    fut: impl std::future::Future<Output = Result<T, MyBackendError>>,
-) -> Result<T, MyBackendError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(result) => result,
-        Err(_elapsed) => Err(MyBackendError::Timeout { step: what, limit }),
     }
 }
 
@@ -504,32 +399,8 @@ impl MyBackendConn {
     }
 }
 
-impl Link for MyBackendConn {
-    /// The status flags and current database, kept current by the relay.
-    type Extra = ConnState;
-
-    fn parts(&mut self) -> LinkParts<'_, ConnState> {
-        LinkParts {
-            reader: &mut self.reader,
-            writer: &mut self.writer,
-            rbuf: &mut self.rbuf,
-            probe: &self.probe,
-            extra: &mut self.state,
-        }
-    }
-
-    fn rbuf(&mut self) -> &mut BytesMut {
-        &mut self.rbuf
-    }
-
-    fn set_broken(&mut self) {
-        self.broken = true;
-    }
-
-    async fn terminate(&mut self) {
-        MyBackendConn::terminate(self).await;
-    }
-}
+// The status flags and current database are what the relay keeps current.
+impl_link!(MyBackendConn, state: ConnState);
 
 #[cfg(test)]
 #[path = "backend_tests.rs"]

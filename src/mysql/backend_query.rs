@@ -16,7 +16,7 @@ use suture_protocol::mysql::{
 use suture_protocol::ProtocolError;
 use tokio::io::AsyncWriteExt;
 
-use crate::liveness::{self, Liveness};
+use crate::liveness;
 use crate::mysql::backend::{MyBackendConn, TRACKING_SQL};
 use crate::mysql::backend_auth::notice_of;
 use crate::mysql::errors::MyNotice;
@@ -167,13 +167,10 @@ impl MyBackendConn {
     /// Checks an idle connection without waiting: FIN, RST or any packet while idle (an
     /// unsolicited ERR) make it unusable; `Err` carries the cause label.
     pub(crate) fn check_idle(&mut self, max: usize) -> Result<(), &'static str> {
-        if self.broken {
-            return Err("error");
-        }
-        match self.probe.check() {
-            Liveness::Alive => Ok(()),
-            Liveness::DataWaiting => self.read_unsolicited(max),
-            dead => Err(dead.cause()),
+        if liveness::data_waiting(self.broken, &self.probe)? {
+            self.read_unsolicited(max)
+        } else {
+            Ok(())
         }
     }
 

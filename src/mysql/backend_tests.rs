@@ -96,7 +96,7 @@ async fn native_login_discovery_commands_and_kill() {
         .unwrap();
     let ctx = context(&[server.port()], "disable", "primary");
     let manager = MyManager::new(Arc::new(ctx));
-    let ctx = manager.ctx();
+    let ctx = manager.ctx.get();
 
     let mut conn = connect(&ctx, &app_key(CLIENT_DEPRECATE_EOF)).await.unwrap();
     assert!(conn.connection_id > 0);

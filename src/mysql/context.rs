@@ -14,7 +14,7 @@ use crate::mysql::manager::{MyBackendContext, MyKey, MyManager};
 use crate::net::dns::Resolver;
 use crate::net::tls::TlsError;
 use crate::pool::Pool;
-use crate::session::core::{pool_settings, Core, CoreShared};
+use crate::session::core::{pool_settings, Core, CoreShared, PreparedReload};
 
 /// What clients are greeted with, shared by a pool's services across reloads.
 #[derive(Default)]
@@ -56,10 +56,7 @@ pub(crate) struct MyService {
 }
 
 /// A reload prepared by [`MyService::prepare_reload`].
-pub(crate) struct MyReloaded {
-    config: PoolConfig,
-    backend: Arc<MyBackendContext>,
-}
+pub(crate) type MyReloaded = PreparedReload<MyBackendContext>;
 
 /// What a MySQL pool shares across reloads.
 pub(crate) struct MyShared {
@@ -97,7 +94,7 @@ impl MyService {
     /// connections with the new users, servers and deadlines.
     pub(crate) fn commit_reload(&self, reloaded: MyReloaded) -> Arc<MyService> {
         let pool = &self.core.pool;
-        pool.manager().set_ctx(Arc::clone(&reloaded.backend));
+        pool.manager().ctx.set(Arc::clone(&reloaded.backend));
         pool.set_settings(pool_settings(&reloaded.config));
         let shared = MyShared {
             resolver: self.backend.resolver.clone(),
@@ -118,19 +115,6 @@ impl MyService {
             backend,
             greeting: shared.greeting,
         })
-    }
-
-    /// Says goodbye (COM_QUIT) to every idle backend connection and closes it; returns how
-    /// many.
-    pub(crate) async fn terminate_idle(&self) -> usize {
-        let idle = self.core.pool.take_all_idle();
-        let count = idle.len();
-        let mut goodbyes = tokio::task::JoinSet::new();
-        for mut conn in idle {
-            goodbyes.spawn(async move { conn.terminate().await });
-        }
-        while goodbyes.join_next().await.is_some() {}
-        count
     }
 
     /// The greeting for a new client: the server's, with a connection id of its own. A server

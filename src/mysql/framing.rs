@@ -455,14 +455,7 @@ fn unsolicited(t: &mut Tracker, code: u16, bytes: usize) {
         code: code.to_string(),
         idle_timeout: code == error_code::ER_CLIENT_INTERACTION_TIMEOUT,
     });
-    if bytes > 0 {
-        t.reply(
-            LedgerReply::Part {
-                answers_part: false,
-            },
-            bytes,
-        );
-    }
+    t.reply_bytes(bytes);
 }
 
 impl BackendFramer for MyBackendFramer {
@@ -582,14 +575,7 @@ impl BackendFramer for MyBackendFramer {
                 Next::Backend | Next::Client => bytes += len,
             }
         }
-        if bytes > 0 {
-            shared.lock().reply(
-                LedgerReply::Part {
-                    answers_part: false,
-                },
-                bytes,
-            );
-        }
+        shared.lock().reply_bytes(bytes);
         Ok(Scanned::Forward(pos))
     }
 

@@ -4,7 +4,7 @@
 //! [`Manager`] for MySQL.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use suture_protocol::mysql::capability::*;
@@ -15,6 +15,7 @@ use crate::net::dns::Resolver;
 use crate::net::tls::{BackendTls, TlsError};
 use crate::ops::pool_state::PoolOps;
 use crate::pool::Manager;
+use crate::session::core::Current;
 
 /// Client capabilities that change what the server sends or does: a backend connection logs
 /// in with exactly the client's choice of these, so it can serve only clients that made the
@@ -112,24 +113,14 @@ impl MyBackendContext {
 /// The pool's [`Manager`] for MySQL.
 pub(crate) struct MyManager {
     /// Replaced whole on reload: new connections use the new users, servers and deadlines.
-    ctx: RwLock<Arc<MyBackendContext>>,
+    pub(crate) ctx: Current<MyBackendContext>,
 }
 
 impl MyManager {
     pub(crate) fn new(ctx: Arc<MyBackendContext>) -> MyManager {
         MyManager {
-            ctx: RwLock::new(ctx),
+            ctx: Current::new(ctx),
         }
-    }
-
-    /// Puts a reloaded context in force for connections opened from now on.
-    pub(crate) fn set_ctx(&self, ctx: Arc<MyBackendContext>) {
-        *self.ctx.write().unwrap_or_else(|p| p.into_inner()) = ctx;
-    }
-
-    /// The context in force.
-    pub(crate) fn ctx(&self) -> Arc<MyBackendContext> {
-        Arc::clone(&self.ctx.read().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -139,17 +130,11 @@ impl Manager for MyManager {
     type Error = MyBackendError;
 
     async fn connect(&self, key: &MyKey) -> Result<MyBackendConn, MyBackendError> {
-        let ctx = self.ctx();
-        backend::connect(&ctx, key).await
+        backend::connect(&self.ctx.get(), key).await
     }
 
     fn check_idle(&self, conn: &mut MyBackendConn) -> Result<(), &'static str> {
-        let max = self
-            .ctx
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .max_message_size;
-        conn.check_idle(max)
+        conn.check_idle(self.ctx.get().max_message_size)
     }
 
     fn is_retryable(err: &MyBackendError) -> bool {
@@ -161,7 +146,7 @@ impl Manager for MyManager {
     }
 
     async fn health_check(&self, conn: &mut MyBackendConn) -> bool {
-        let limit = self.ctx().timeouts.health_check_timeout;
+        let limit = self.ctx.get().timeouts.health_check_timeout;
         conn.ping(limit).await.is_ok()
     }
 
