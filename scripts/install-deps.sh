@@ -27,6 +27,8 @@ command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 { [ -x /usr/sbin/mariadbd ] && [ -x /usr/bin/mariadb-install-db ] &&
     [ -e /usr/lib/mysql/plugin/auth_ed25519.so ]; } || missing+=(mariadb-server)
 [ -x /usr/bin/mariadb ] || missing+=(mariadb-client)
+# sysbench: the MySQL-path benchmark (scripts/bench_mysql.sh).
+command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
 
 # While packages install, a policy-rc.d that answers 101 ("action forbidden")
 # keeps their maintainer scripts from starting the system MariaDB or

@@ -5,8 +5,6 @@ mod heal;
 mod liveness;
 mod log_limit;
 pub mod logging;
-// Wired into server.rs by the MySQL session (issue 12); until then its parts are built and unit-tested only.
-#[allow(dead_code)]
 mod mysql;
 pub mod net;
 pub mod ops;

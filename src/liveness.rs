@@ -6,7 +6,9 @@
 use std::io;
 use std::mem::MaybeUninit;
 
+use bytes::BytesMut;
 use socket2::Socket;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 /// What a peek saw on an idle socket.
@@ -55,6 +57,50 @@ impl Probe {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => Liveness::Alive,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => Liveness::Alive,
             Err(_) => Liveness::Rst,
+        }
+    }
+}
+
+/// The first step of an idle backend's check, for both protocols: a connection marked broken
+/// or a socket found dead fails with its cause label; `Ok(true)` means bytes are waiting and
+/// the protocol must read them to judge.
+pub(crate) fn data_waiting(broken: bool, probe: &Probe) -> Result<bool, &'static str> {
+    if broken {
+        return Err("error");
+    }
+    match probe.check() {
+        Liveness::Alive => Ok(false),
+        Liveness::DataWaiting => Ok(true),
+        dead => Err(dead.cause()),
+    }
+}
+
+/// Reads into `buf` whatever `reader` has ready, without waiting (for a connection whose probe
+/// saw bytes while idle; over TLS they may turn out to be records without data). `Err` carries
+/// the idle-close cause: `fin` at end of stream, `rst` when the socket failed, `server_error`
+/// when more than `max` bytes would be held.
+pub(crate) fn read_ready<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<(), &'static str> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut read = ReadBuf::new(&mut chunk);
+        match std::pin::Pin::new(&mut *reader).poll_read(&mut cx, &mut read) {
+            std::task::Poll::Pending => return Ok(()),
+            std::task::Poll::Ready(Err(_)) => return Err(Liveness::Rst.cause()),
+            std::task::Poll::Ready(Ok(())) => {
+                let got = read.filled();
+                if got.is_empty() {
+                    return Err(Liveness::Fin.cause());
+                }
+                if buf.len() + got.len() > max {
+                    return Err(Liveness::DataWaiting.cause());
+                }
+                buf.extend_from_slice(got);
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::admin::status::{fill_from_ops, Backends, PoolSource, PoolStatus};
 use crate::config::PoolConfig;
+use crate::mysql::MyService;
 use crate::net::tls::TlsError;
 use crate::ops::pool_state::PoolOps;
 use crate::pool::{Manager, Pool, PoolStats};
@@ -20,11 +21,13 @@ use crate::session::core::Core;
 #[derive(Clone)]
 pub(crate) enum Service {
     Postgres(Arc<PgService>),
+    Mysql(Arc<MyService>),
 }
 
 /// A reload prepared for one pool, by protocol.
 pub(crate) enum Reload {
     Postgres(crate::postgres::PgReloaded),
+    Mysql(crate::mysql::MyReloaded),
 }
 
 impl Service {
@@ -32,18 +35,21 @@ impl Service {
     pub(crate) fn config(&self) -> &PoolConfig {
         match self {
             Service::Postgres(svc) => &svc.core.config,
+            Service::Mysql(svc) => &svc.core.config,
         }
     }
 
     fn ops(&self) -> &PoolOps {
         match self {
             Service::Postgres(svc) => &svc.core.ops,
+            Service::Mysql(svc) => &svc.core.ops,
         }
     }
 
     fn stats(&self) -> PoolStats {
         match self {
             Service::Postgres(svc) => svc.core.pool.stats(),
+            Service::Mysql(svc) => svc.core.pool.stats(),
         }
     }
 
@@ -51,6 +57,7 @@ impl Service {
     pub(crate) async fn serve(self, stream: TcpStream, client_id: u64) {
         match self {
             Service::Postgres(svc) => crate::postgres::serve(svc, stream, client_id).await,
+            Service::Mysql(svc) => crate::mysql::serve(svc, stream, client_id).await,
         }
     }
 
@@ -58,6 +65,7 @@ impl Service {
     pub(crate) async fn refuse_at_cap(self, stream: TcpStream) {
         match self {
             Service::Postgres(svc) => crate::postgres::refuse_at_cap(svc, stream).await,
+            Service::Mysql(svc) => crate::mysql::refuse_at_cap(svc, stream).await,
         }
     }
 
@@ -66,13 +74,15 @@ impl Service {
     pub(crate) fn spawn_maintenance(&self, every: Duration) {
         match self {
             Service::Postgres(svc) => svc.core.pool.spawn_maintenance(every),
+            Service::Mysql(svc) => svc.core.pool.spawn_maintenance(every),
         }
     }
 
     /// Says goodbye to every idle backend connection and closes it; returns how many.
     pub(crate) async fn terminate_idle(&self) -> usize {
         match self {
-            Service::Postgres(svc) => svc.terminate_idle().await,
+            Service::Postgres(svc) => svc.core.terminate_idle().await,
+            Service::Mysql(svc) => svc.core.terminate_idle().await,
         }
     }
 
@@ -80,6 +90,7 @@ impl Service {
     pub(crate) fn prepare_reload(&self, config: PoolConfig) -> Result<Reload, TlsError> {
         match self {
             Service::Postgres(svc) => svc.prepare_reload(config).map(Reload::Postgres),
+            Service::Mysql(svc) => svc.prepare_reload(config).map(Reload::Mysql),
         }
     }
 
@@ -89,6 +100,9 @@ impl Service {
             (Service::Postgres(svc), Reload::Postgres(r)) => {
                 Service::Postgres(svc.commit_reload(r))
             }
+            (Service::Mysql(svc), Reload::Mysql(r)) => Service::Mysql(svc.commit_reload(r)),
+            // A pool's protocol cannot change on reload (it is reported and kept).
+            (svc, _) => svc.clone(),
         }
     }
 
@@ -99,6 +113,26 @@ impl Service {
             Service::Postgres(svc) => {
                 let keys = crate::postgres::warm_keys(&svc.core.config);
                 spawn_warm_up(&svc.core, keys, give_up_after);
+            }
+            // MySQL backends are keyed by the client's capability flags, unknown before a
+            // client logs in: the warm-up is the login that learns the server's greeting.
+            Service::Mysql(svc) => {
+                let svc = Arc::clone(svc);
+                tokio::spawn(async move {
+                    let until = tokio::time::Instant::now() + give_up_after;
+                    loop {
+                        match svc.learn_greeting().await {
+                            Ok(_) => break,
+                            Err(err)
+                                if tokio::time::Instant::now() >= until || !err.is_retryable() =>
+                            {
+                                tracing::warn!(pool = %svc.core.config.name, error = %err, "could not log in to the server at start; the first client will try again");
+                                break;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                        }
+                    }
+                });
             }
         }
     }

@@ -16,6 +16,7 @@ use crate::admin::status::PoolSource;
 use crate::admin::AdminState;
 use crate::config::{Config, Protocol, ShutdownConfig};
 use crate::log_limit::LogLimiter;
+use crate::mysql::{GreetingCell, MyService, MyShared};
 use crate::net::dns::Resolver;
 use crate::net::socket::configure_client_socket;
 use crate::net::tls::TlsError;
@@ -54,9 +55,6 @@ pub enum ServerError {
         #[source]
         source: TlsError,
     },
-    /// A pool uses a protocol this build does not serve yet.
-    #[error("pools.{0}.protocol: mysql is not served yet")]
-    UnsupportedProtocol(String),
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
@@ -110,7 +108,14 @@ pub async fn run(config: Config, ops: Ops) -> Result<(), ServerError> {
                 };
                 PgService::new(pool.clone(), shared).map(Service::Postgres)
             }
-            Protocol::Mysql => return Err(ServerError::UnsupportedProtocol(name.clone())),
+            Protocol::Mysql => {
+                let shared = MyShared {
+                    resolver: resolver.clone(),
+                    greeting: Arc::new(GreetingCell::default()),
+                    core,
+                };
+                MyService::new(pool.clone(), shared).map(Service::Mysql)
+            }
         }
         .map_err(|source| ServerError::Tls {
             pool: name.clone(),

@@ -145,13 +145,6 @@ pub(crate) struct ClientLogin {
     pub(crate) next_seq: u8,
 }
 
-impl ClientLogin {
-    /// The sub-pool this client's backends come from: (user, database).
-    pub(crate) fn key(&self) -> (String, Option<String>) {
-        (self.user.clone(), self.database.clone())
-    }
-}
-
 /// What Suture advertises to clients of a backend with capabilities `backend`.
 pub(crate) fn advertised(backend: u64) -> u64 {
     OWN_CAPABILITIES | (backend & BACKEND_CAPABILITIES)

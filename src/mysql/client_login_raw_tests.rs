@@ -405,7 +405,10 @@ async fn change_user_verifies_against_the_last_scramble() {
     )
     .await
     .unwrap();
-    assert_eq!(ok.key(), ("app".to_owned(), Some("other".to_owned())));
+    assert_eq!(
+        (ok.user.as_str(), ok.database.as_deref()),
+        ("app", Some("other"))
+    );
     assert_eq!(
         (ok.character_set, ok.next_seq, ok.scramble),
         (33, 1, current.scramble)

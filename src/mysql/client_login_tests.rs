@@ -193,7 +193,10 @@ async fn mysql_async_logs_in_with_native_password() {
         connect_with(ClientAuthMethod::MysqlNativePassword, "app", "s3cret").await;
     client.unwrap();
     let login = logged_in(served);
-    assert_eq!(login.key(), ("app".to_owned(), Some("shop".to_owned())));
+    assert_eq!(
+        (login.user.as_str(), login.database.as_deref()),
+        ("app", Some("shop"))
+    );
     assert_eq!((login.plugin, login.next_seq), (MYSQL_NATIVE_PASSWORD, 2));
     assert_eq!(login.max_packet, 16 << 20);
     assert_eq!(login.capabilities & (CLIENT_SSL | CLIENT_COMPRESS), 0);

@@ -36,9 +36,6 @@ pub(crate) enum ClientError {
     /// The login (or COM_CHANGE_USER) broke the protocol: MySQL's "Bad handshake".
     #[error("bad handshake: {what}")]
     BadHandshake { what: String, seq: u8 },
-    /// A command-phase protocol violation the session found.
-    #[error("protocol violation: {0}")]
-    Protocol(String),
     /// Wrong password or unknown user: deliberately the same to the client.
     #[error("access denied for user {user:?}@{host:?} (using password: {})", yes_no(*.password))]
     AuthFailed {
@@ -230,11 +227,6 @@ impl ClientError {
                 "08S01",
                 format!("Bad handshake: {what}"),
             )),
-            ClientError::Protocol(what) => Some(MyNotice::new(
-                ER_UNKNOWN_COM_ERROR,
-                "08S01",
-                format!("Unknown command: {what}"),
-            )),
             ClientError::AuthFailed {
                 user,
                 host,
@@ -327,7 +319,6 @@ impl ClientError {
             } => "rejected",
             ClientError::Wire(WireError::Protocol(_))
             | ClientError::BadHandshake { .. }
-            | ClientError::Protocol(_)
             | ClientError::LoginTimeout => "protocol_error",
             _ => "error",
         }
@@ -447,7 +438,6 @@ mod tests {
         };
         assert_eq!(bad.metrics_label(), "protocol_error");
         assert_eq!(notice(bad).code, 1043);
-        assert_eq!(notice(ClientError::Protocol("x".into())).code, 1047);
     }
 
     #[test]

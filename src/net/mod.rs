@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod dns;
+pub(crate) mod login_error;
 pub mod socket;
 pub mod tls;
 

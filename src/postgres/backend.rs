@@ -12,18 +12,18 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use suture_protocol::pg::{self, ErrorFields, TxStatus};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 
 use crate::config::{ServerAddr, ServerRole, TlsMode};
-use crate::liveness::{Liveness, Probe};
-use crate::net::connect::{connect_tcp, ConnectError};
-use crate::net::tls::TlsError;
+use crate::liveness::Probe;
+use crate::net::connect::connect_tcp;
+use crate::net::login_error::{bounded, LoginError, Refusal};
 use crate::ops::pool_state::ServerLimits;
 use crate::postgres::backend_auth;
 use crate::postgres::context::{BackendContext, PgKey};
 use crate::postgres::discovery;
 use crate::postgres::wire::{self, WireError};
-use crate::session::link::{Link, LinkParts};
+use crate::session::link::impl_link;
 use crate::stream::{self, StreamRead, StreamWrite};
 
 /// The PostgreSQL SSLRequest answer that means "go ahead with TLS".
@@ -59,44 +59,14 @@ pub(crate) struct BackendConn {
     pub(crate) read_only: bool,
 }
 
-/// Why opening a backend connection failed; every variant says which step.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BackendError {
-    /// DNS or TCP connect failed.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// TLS could not be negotiated.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// The server does not offer TLS but the pool's mode requires it.
-    #[error("server does not support TLS, but tls mode is {0:?}")]
-    TlsRefused(TlsMode),
-    /// A step did not finish in time.
-    #[error("{step} timed out after {limit:?}")]
-    Timeout {
-        /// Which step.
-        step: &'static str,
-        /// Its deadline.
-        limit: Duration,
-    },
-    /// The socket failed or the server broke the protocol during login.
-    #[error("backend login failed: {0}")]
-    Wire(#[from] WireError),
-    /// The server refused the login with an error (bad password, unknown database, ...).
-    #[error("server refused login: {} ({})", .0.message, .0.code)]
-    Refused(ErrorFields),
-    /// The server asked for an authentication method Suture cannot answer.
-    #[error("server asked for an unsupported authentication method ({0})")]
-    UnsupportedAuth(String),
-    /// No password is configured for this user.
-    #[error("no password configured for user {0:?}")]
-    UnknownUser(String),
-    /// The pool wants a primary and every server reached was read-only.
-    #[error("server {0} is read-only (transaction_read_only = on) and the pool wants a primary")]
-    ReadOnly(ServerAddr),
-    /// The query that discovers the server's limits and role failed.
-    #[error("reading the server's settings after login failed: {0}")]
-    Discovery(#[source] Box<RunError>),
+/// A PostgreSQL server's refusal of a login: its ErrorResponse.
+#[derive(Debug)]
+pub(crate) struct PgRefusal(pub(crate) ErrorFields);
+
+impl std::fmt::Display for PgRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.0.message, self.0.code)
+    }
 }
 
 /// SQLSTATEs of login refusals that mean "not now" rather than "not you": the server is
@@ -104,75 +74,14 @@ pub(crate) enum BackendError {
 /// login (`57P01`, `57P02`). Class `08` (connection exception) is transient too.
 const TRANSIENT_LOGIN_CODES: [&str; 3] = ["57P01", "57P02", "57P03"];
 
-impl BackendError {
-    /// Fixed-cardinality label for `suture_backend_connects_total{result}`.
-    pub(crate) fn metrics_label(&self) -> &'static str {
-        match self {
-            BackendError::Connect(err) => err.metrics_label(),
-            BackendError::Tls(_) | BackendError::TlsRefused(_) => "tls_error",
-            BackendError::Timeout { .. } => "timeout",
-            BackendError::Wire(_) => "error",
-            BackendError::Refused(fields) if transient_refusal(fields) => "refused",
-            BackendError::Refused(_)
-            | BackendError::UnsupportedAuth(_)
-            | BackendError::UnknownUser(_) => "auth_error",
-            BackendError::ReadOnly(_) => "read_only",
-            BackendError::Discovery(_) => "error",
-        }
-    }
-
-    /// What a client may be told of this failure: its kind, without host names or addresses.
-    pub(crate) fn client_reason(&self) -> &'static str {
-        match self {
-            BackendError::Connect(_) => "the server could not be reached",
-            BackendError::Tls(_) | BackendError::TlsRefused(_) => "TLS could not be negotiated",
-            BackendError::Timeout { .. } => "the login timed out",
-            BackendError::Wire(_) | BackendError::Discovery(_) => {
-                "the connection failed during login"
-            }
-            BackendError::Refused(_) => "the server refused the login",
-            BackendError::UnsupportedAuth(_) => {
-                "the server asked for an unsupported authentication method"
-            }
-            BackendError::UnknownUser(_) => "no password is configured for this user",
-            BackendError::ReadOnly(_) => "the server is read-only and the pool wants a primary",
-        }
-    }
-
-    /// Whether the failover hold should keep trying (DESIGN §5): the server could not be
-    /// reached, could not finish a login right now, or has the wrong role. An authentication
-    /// refusal, an unknown database or a TLS mode the server does not offer are answers, not
-    /// outages, and go to the client at once.
-    pub(crate) fn is_retryable(&self) -> bool {
-        match self {
-            BackendError::Connect(_)
-            | BackendError::Tls(_)
-            | BackendError::Timeout { .. }
-            | BackendError::Wire(_)
-            | BackendError::ReadOnly(_)
-            | BackendError::Discovery(_) => true,
-            BackendError::Refused(fields) => transient_refusal(fields),
-            BackendError::TlsRefused(_)
-            | BackendError::UnsupportedAuth(_)
-            | BackendError::UnknownUser(_) => false,
-        }
+impl Refusal for PgRefusal {
+    fn transient(&self) -> bool {
+        TRANSIENT_LOGIN_CODES.contains(&self.0.code.as_str()) || self.0.code.starts_with("08")
     }
 }
 
-fn transient_refusal(fields: &ErrorFields) -> bool {
-    TRANSIENT_LOGIN_CODES.contains(&fields.code.as_str()) || fields.code.starts_with("08")
-}
-
-/// Runs `fut` under `limit`, naming `step` if it runs out.
-async fn step<T>(
-    step: &'static str,
-    limit: Duration,
-    fut: impl std::future::Future<Output = Result<T, BackendError>>,
-) -> Result<T, BackendError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or(Err(BackendError::Timeout { step, limit }))
-}
+/// Why opening a PostgreSQL backend connection failed.
+pub(crate) type BackendError = LoginError<PgRefusal, RunError>;
 
 /// Opens, authenticates and readies one backend connection for `key`.
 pub(crate) async fn connect(
@@ -239,7 +148,7 @@ async fn connect_one(
     let (mut reader, mut writer) = match ctx.tls.mode() {
         TlsMode::Disable => stream::split_plain(tcp),
         mode => {
-            step("TLS negotiation", t.tls, async {
+            bounded("TLS negotiation", t.tls, async {
                 let mut tcp = tcp;
                 let mut request = BytesMut::new();
                 pg::encode_ssl_request(&mut request);
@@ -302,7 +211,8 @@ async fn connect_one(
         }
         Ok((params, key_data))
     };
-    let (params, (process_id, secret_key)) = step("backend authentication", t.auth, login).await?;
+    let (params, (process_id, secret_key)) =
+        bounded("backend authentication", t.auth, login).await?;
     let mut conn = BackendConn {
         reader,
         writer,
@@ -327,37 +237,13 @@ async fn connect_one(
 /// The server's ErrorResponse as a login refusal.
 pub(super) fn refused(body: &[u8]) -> BackendError {
     match pg::parse_error_fields(body) {
-        Ok(fields) => BackendError::Refused(fields),
+        Ok(fields) => BackendError::Refused(PgRefusal(fields)),
         Err(err) => BackendError::Wire(WireError::Protocol(err)),
     }
 }
 
-impl Link for BackendConn {
-    /// The parameters the backend reports (ParameterStatus), kept current by the relay.
-    type Extra = BTreeMap<String, String>;
-
-    fn parts(&mut self) -> LinkParts<'_, BTreeMap<String, String>> {
-        LinkParts {
-            reader: &mut self.reader,
-            writer: &mut self.writer,
-            rbuf: &mut self.rbuf,
-            probe: &self.probe,
-            extra: &mut self.params,
-        }
-    }
-
-    fn rbuf(&mut self) -> &mut BytesMut {
-        &mut self.rbuf
-    }
-
-    fn set_broken(&mut self) {
-        self.broken = true;
-    }
-
-    async fn terminate(&mut self) {
-        BackendConn::terminate(self).await;
-    }
-}
+// The parameters the backend reports (ParameterStatus) are what the relay keeps current.
+impl_link!(BackendConn, params: BTreeMap<String, String>);
 
 /// How long a Terminate to a backend Suture closes on purpose may take.
 const TERMINATE_LIMIT: Duration = Duration::from_millis(200);
@@ -381,33 +267,15 @@ impl BackendConn {
     /// it unusable (returns the cause label); ParameterStatus, notices and notifications that
     /// arrived while idle are read and kept track of.
     pub(crate) fn check_idle(&mut self, max: usize) -> Result<(), &'static str> {
-        if self.broken {
-            return Err("error");
-        }
-        match self.probe.check() {
-            Liveness::Alive => Ok(()),
-            Liveness::DataWaiting => self.read_unsolicited(max),
-            dead => Err(dead.cause()),
+        if crate::liveness::data_waiting(self.broken, &self.probe)? {
+            self.read_unsolicited(max)
+        } else {
+            Ok(())
         }
     }
 
     fn read_unsolicited(&mut self, max: usize) -> Result<(), &'static str> {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut chunk = [0u8; 4096];
-        loop {
-            let mut read = tokio::io::ReadBuf::new(&mut chunk);
-            match std::pin::Pin::new(&mut self.reader).poll_read(&mut cx, &mut read) {
-                std::task::Poll::Pending => break,
-                std::task::Poll::Ready(Err(_)) => return Err("rst"),
-                std::task::Poll::Ready(Ok(())) if read.filled().is_empty() => return Err("fin"),
-                std::task::Poll::Ready(Ok(())) => {
-                    if self.rbuf.len() + read.filled().len() > max {
-                        return Err("server_error");
-                    }
-                    self.rbuf.extend_from_slice(read.filled());
-                }
-            }
-        }
+        crate::liveness::read_ready(&mut self.reader, &mut self.rbuf, max)?;
         loop {
             match pg::split_message(&mut self.rbuf, max) {
                 Ok(None) => return Ok(()),
@@ -591,13 +459,13 @@ mod tests {
     }
 
     fn refusal(code: &str) -> BackendError {
-        BackendError::Refused(ErrorFields {
+        BackendError::Refused(PgRefusal(ErrorFields {
             severity: "FATAL".into(),
             code: code.into(),
             message: "m".into(),
             detail: None,
             hint: None,
-        })
+        }))
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! derived secrets and the cancel registry. Built once per pool at start, again on reload.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ServerAddr;
@@ -15,7 +15,7 @@ use crate::pool::{Manager, Pool};
 use crate::postgres::backend::{self, BackendConn, BackendError};
 use crate::postgres::cancel::CancelRegistry;
 use crate::postgres::client_auth::UserSecrets;
-use crate::session::core::{pool_settings, Core, CoreShared};
+use crate::session::core::{pool_settings, Core, CoreShared, Current, PreparedReload};
 
 /// Which sub-pool a backend connection belongs to: what PostgreSQL fixes at login and `SET`
 /// cannot change afterwards. A client's startup options are settings applied at checkout, so
@@ -44,17 +44,7 @@ pub(crate) struct BackendContext {
 /// The pool's [`Manager`] for PostgreSQL.
 pub(crate) struct PgManager {
     /// Replaced whole on reload: new connections use the new users, servers and deadlines.
-    ctx: RwLock<Arc<BackendContext>>,
-}
-
-impl PgManager {
-    fn ctx(&self) -> Arc<BackendContext> {
-        Arc::clone(&self.ctx.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn set_ctx(&self, ctx: Arc<BackendContext>) {
-        *self.ctx.write().unwrap_or_else(|p| p.into_inner()) = ctx;
-    }
+    ctx: Current<BackendContext>,
 }
 
 impl Manager for PgManager {
@@ -63,17 +53,11 @@ impl Manager for PgManager {
     type Error = BackendError;
 
     async fn connect(&self, key: &PgKey) -> Result<BackendConn, BackendError> {
-        let ctx = self.ctx();
-        backend::connect(&ctx, key).await
+        backend::connect(&self.ctx.get(), key).await
     }
 
     fn check_idle(&self, conn: &mut BackendConn) -> Result<(), &'static str> {
-        let max = self
-            .ctx
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .max_message_size;
-        conn.check_idle(max)
+        conn.check_idle(self.ctx.get().max_message_size)
     }
 
     fn is_retryable(err: &BackendError) -> bool {
@@ -86,7 +70,7 @@ impl Manager for PgManager {
 
     async fn health_check(&self, conn: &mut BackendConn) -> bool {
         // An empty query: EmptyQueryResponse and ReadyForQuery, nothing else changes.
-        let ctx = self.ctx();
+        let ctx = self.ctx.get();
         let limit = ctx.timeouts.health_check_timeout;
         conn.run_internal("", limit, ctx.max_message_size)
             .await
@@ -109,10 +93,7 @@ pub(crate) struct PgService {
 }
 
 /// A reload prepared by [`PgService::prepare_reload`].
-pub(crate) struct Reloaded {
-    config: PoolConfig,
-    backend: Arc<BackendContext>,
-}
+pub(crate) type Reloaded = PreparedReload<BackendContext>;
 
 /// What a pool shares across reloads: its connections, its cancel keys, its operational state,
 /// the drain signal, its log rate limits, the secret mock salts derive from and the memory
@@ -131,7 +112,7 @@ impl PgService {
         let pool = Pool::new(
             &config.name,
             PgManager {
-                ctx: RwLock::new(Arc::clone(&backend)),
+                ctx: Current::new(Arc::clone(&backend)),
             },
             pool_settings(&config),
             Arc::clone(&shared.core.ops),
@@ -152,7 +133,7 @@ impl PgService {
     /// Sessions that run keep the service they started with; new ones get the one returned.
     pub(crate) fn commit_reload(&self, reloaded: Reloaded) -> Arc<PgService> {
         let pool = &self.core.pool;
-        pool.manager().set_ctx(Arc::clone(&reloaded.backend));
+        pool.manager().ctx.set(Arc::clone(&reloaded.backend));
         pool.set_settings(pool_settings(&reloaded.config));
         Self::assemble(
             reloaded.config,
@@ -169,19 +150,6 @@ impl PgService {
             mock_secret: self.mock_secret,
             core: self.core.shared(),
         }
-    }
-
-    /// Says goodbye (Terminate) to every idle backend connection and closes it (shutdown);
-    /// returns how many.
-    pub(crate) async fn terminate_idle(&self) -> usize {
-        let idle = self.core.pool.take_all_idle();
-        let count = idle.len();
-        let mut goodbyes = tokio::task::JoinSet::new();
-        for mut conn in idle {
-            goodbyes.spawn(async move { conn.terminate().await });
-        }
-        while goodbyes.join_next().await.is_some() {}
-        count
     }
 
     fn assemble(

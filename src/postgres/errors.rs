@@ -10,6 +10,7 @@ use suture_protocol::pg::{self, ErrorFields};
 use suture_protocol::ProtocolError;
 
 use crate::pool::PoolError;
+use crate::postgres::backend::PgRefusal;
 use crate::postgres::backend::{BackendError, RunError};
 use crate::postgres::wire::WireError;
 
@@ -129,7 +130,7 @@ impl ClientError {
             ClientError::LoginTimeout => {
                 fatal("08P01", "timed out waiting for the client to log in")
             }
-            ClientError::Pool(PoolError::Connect(BackendError::Refused(fields))) => {
+            ClientError::Pool(PoolError::Connect(BackendError::Refused(PgRefusal(fields)))) => {
                 from_server(fields)
             }
             ClientError::Pool(PoolError::QueueFull) => {

@@ -184,14 +184,7 @@ impl BackendFramer for PgBackendFramer {
                                             code: fields.code,
                                             idle_timeout,
                                         });
-                                        if bytes > 0 {
-                                            tracker.reply(
-                                                Reply::Part {
-                                                    answers_part: false,
-                                                },
-                                                bytes,
-                                            );
-                                        }
+                                        tracker.reply_bytes(bytes);
                                         return Ok(Scanned::Unsolicited(pos));
                                     }
                                     tracker.fatal_code = Some(fields.code);
@@ -210,14 +203,7 @@ impl BackendFramer for PgBackendFramer {
                 Step::NeedMore => break,
             }
         }
-        if bytes > 0 {
-            shared.lock().reply(
-                Reply::Part {
-                    answers_part: false,
-                },
-                bytes,
-            );
-        }
+        shared.lock().reply_bytes(bytes);
         Ok(Scanned::Forward(pos))
     }
 

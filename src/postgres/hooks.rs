@@ -20,7 +20,7 @@ use crate::postgres::lost;
 use crate::postgres::restore;
 use crate::postgres::session::{apply_settings, release};
 use crate::session::core::Core;
-use crate::session::hooks::{AbortedEnd, Hooks, LostIo, Prepare};
+use crate::session::hooks::{AbortedEnd, Hooks, LocalEnd, LocalIo, LostIo, Prepare};
 
 /// One PostgreSQL session's hooks.
 pub(crate) struct PgHooks<'a> {
@@ -131,6 +131,17 @@ impl Hooks for PgHooks<'_> {
             message: "terminating connection because Suture is shutting down".to_owned(),
             detail: None,
         }
+    }
+
+    /// PostgreSQL's framer never asks for one: a protocol error.
+    async fn serve_local<'a>(&'a self, io: LocalIo<'a, PgManager, PgBook>) -> LocalEnd {
+        let notice =
+            self.violation_notice(&ProtocolError::Malformed("request not handled by Suture"));
+        let mut out = BytesMut::new();
+        notice.encode(&mut out);
+        let limit = self.svc.core.config.timeouts.client_write;
+        let _ = crate::wire::write_all(io.client_write, &out, limit).await;
+        LocalEnd::End
     }
 
     fn encode_notice(

@@ -14,7 +14,7 @@ use crate::heal::RefusalReason;
 use crate::ops::pool_state::EventKind;
 use crate::pool::{Checkout, Manager, PoolError};
 use crate::session::deadlines::BackendWatch;
-use crate::session::hooks::{Hooks, Prepare};
+use crate::session::hooks::{Hooks, LocalEnd, LocalIo, Prepare};
 use crate::session::link::{Link, LinkParts};
 use crate::session::relay::{
     self, BackendStream, ClientBoundary, ClientStream, RelayEnd, RelayLimits,
@@ -258,13 +258,28 @@ impl<H: Hooks> CommandPhase<H> {
         self.tell(Some(notice)).await;
     }
 
-    /// A request Suture answers itself. No protocol sends one yet: it is dropped with a
-    /// protocol error.
+    /// A request Suture answers itself (MySQL COM_CHANGE_USER): everything before it was sent
+    /// and answered, it is at the front of the client buffer, never registered in the ledger
+    /// nor sent. The protocol serves it; a backend it swapped in is adopted.
     async fn local_request(&mut self, len: usize) -> Next {
-        let _ = len;
-        let err = suture_protocol::ProtocolError::Malformed("request not handled by Suture");
-        self.client_protocol_error(&err).await;
-        Next::End
+        let request = self.cbuf.split_to(len.min(self.cbuf.len()));
+        let io = LocalIo {
+            request: &request,
+            client_read: &mut self.client_read,
+            client_write: &mut self.client_write,
+            cbuf: &mut self.cbuf,
+            checkout: &mut self.checkout,
+            shared: &self.shared,
+        };
+        match self.hooks.serve_local(io).await {
+            LocalEnd::Served { new_backend } => {
+                if new_backend {
+                    self.adopt_current();
+                }
+                Next::Resume
+            }
+            LocalEnd::End => Next::End,
+        }
     }
 
     /// A new backend in the session's own pool slot, with the client's settings and

@@ -3,7 +3,7 @@
 //! the operational state the admin port reports, the drain signal and the request-latency
 //! histogram. Each protocol's service holds one, next to what only it needs.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::config::PoolConfig;
 use crate::log_limit::LogLimiter;
@@ -12,6 +12,7 @@ use crate::ops::pool_state::PoolOps;
 use crate::pool::{Manager, Pool, PoolSettings};
 use crate::retry_budget::{RetryBudget, DEFAULT_BURST, DEFAULT_REFILL_PER_SECOND};
 use crate::session::budget::BufferBudget;
+use crate::session::link::Link;
 
 /// The protocol-agnostic part of a pool's service.
 pub(crate) struct Core<M: Manager> {
@@ -73,6 +74,49 @@ impl<M: Manager> Core<M> {
     pub(crate) fn name(&self) -> &str {
         &self.config.name
     }
+
+    /// Says goodbye (PostgreSQL Terminate, MySQL COM_QUIT) to every idle backend connection and
+    /// closes it (shutdown); returns how many.
+    pub(crate) async fn terminate_idle(&self) -> usize
+    where
+        M::Conn: Link,
+    {
+        let idle = self.pool.take_all_idle();
+        let count = idle.len();
+        let mut goodbyes = tokio::task::JoinSet::new();
+        for mut conn in idle {
+            goodbyes.spawn(async move { conn.terminate().await });
+        }
+        while goodbyes.join_next().await.is_some() {}
+        count
+    }
+}
+
+/// A protocol manager's backend context (servers, users, deadlines): read on every connect,
+/// replaced whole on reload, so connections opened from then on use the new one.
+pub(crate) struct Current<T>(RwLock<Arc<T>>);
+
+impl<T> Current<T> {
+    pub(crate) fn new(value: Arc<T>) -> Current<T> {
+        Current(RwLock::new(value))
+    }
+
+    /// The one in force.
+    pub(crate) fn get(&self) -> Arc<T> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts a new one in force.
+    pub(crate) fn set(&self, value: Arc<T>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = value;
+    }
+}
+
+/// A reload a protocol's service prepared: the new configuration and backend context, not in
+/// force yet.
+pub(crate) struct PreparedReload<C> {
+    pub(crate) config: PoolConfig,
+    pub(crate) backend: Arc<C>,
 }
 
 /// The pool settings of a pool's configuration.

@@ -19,7 +19,6 @@ pub(crate) enum Walked {
     /// The request at `start..end` is answered by Suture itself, not by the backend (a command
     /// the protocol handles in the session, such as MySQL's COM_CHANGE_USER); what comes before
     /// it is to be sent first.
-    #[allow(dead_code)] // MySQL COM_CHANGE_USER (issue 12) is the first user.
     Local { start: usize, end: usize },
 }
 

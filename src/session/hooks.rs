@@ -58,6 +58,28 @@ pub(crate) struct LostIo<'a, B: Book> {
     pub(crate) write_limit: Duration,
 }
 
+/// What serving a local request may use: the request, the client's socket and the bytes it
+/// sent after it, the session's backend (which it may replace) and its tracker.
+pub(crate) struct LocalIo<'a, M: Manager, B: Book> {
+    /// The whole request, header included; it never went to a backend nor into the ledger.
+    pub(crate) request: &'a [u8],
+    pub(crate) client_read: &'a mut OwnedReadHalf,
+    pub(crate) client_write: &'a mut OwnedWriteHalf,
+    /// Client bytes read and not yet handled.
+    pub(crate) cbuf: &'a mut BytesMut,
+    pub(crate) checkout: &'a mut Checkout<M>,
+    pub(crate) shared: &'a Shared<B>,
+}
+
+/// How serving a local request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LocalEnd {
+    /// Answered; `new_backend` when the session now has another backend.
+    Served { new_backend: bool },
+    /// The session is over (the protocol closes it, or the client left).
+    End,
+}
+
 /// One protocol's part of a session, for the shared command phase.
 pub(crate) trait Hooks: Send + Sync {
     /// The `protocol` metrics label.
@@ -110,6 +132,13 @@ pub(crate) trait Hooks: Send + Sync {
 
     /// Suture is shutting down and closes an idle client.
     fn shutdown_notice(&self) -> Self::Notice;
+
+    /// Serves a request the client framer said Suture answers itself
+    /// ([`Walked::Local`](crate::session::framing::Walked::Local), MySQL's COM_CHANGE_USER).
+    fn serve_local<'a>(
+        &'a self,
+        io: LocalIo<'a, Self::Manager, Self::Book>,
+    ) -> impl Future<Output = LocalEnd> + Send + 'a;
 
     /// Appends `notice` as the protocol frames it now: the book knows, for MySQL, which
     /// sequence id a reply in progress has reached, and `request_waiting` says the client sent

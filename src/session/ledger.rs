@@ -304,7 +304,6 @@ impl<N> Ledger<N> {
     /// The client message that ends a request the backend answers with nothing (MySQL
     /// COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA): it is done once the backend accepted all of
     /// it.
-    #[allow(dead_code)] // MySQL (issue 12) is the first user.
     pub(crate) fn end_unanswered(&mut self, message: &[u8], traits: Traits, note: N) {
         let request = self.open_request(|| note);
         request.boundary = Some(Boundary::Command);
@@ -321,6 +320,12 @@ impl<N> Ledger<N> {
         } else {
             self.append_to_newest(bytes);
         }
+    }
+
+    /// Client bytes that belong to no request (the rest of a request the server already
+    /// answered, as MySQL does with a request over `max_allowed_packet`).
+    pub(crate) fn unowned(&mut self, bytes: &[u8]) {
+        self.offset += bytes.len() as u64;
     }
 
     /// A write of the bytes from the current accepted offset on is about to start.
@@ -515,6 +520,12 @@ impl<N> Ledger<N> {
             }
         }
         None
+    }
+
+    /// The kept bytes of the requests in flight, oldest first, for a protocol that rewrites
+    /// ids in them before they go to another backend (MySQL statement ids).
+    pub(crate) fn retained_mut(&mut self) -> &mut [u8] {
+        &mut self.retained[..]
     }
 
     /// Forgets every request (the session moves to a new backend); stream offsets start again

@@ -20,6 +20,40 @@ pub(crate) struct LinkParts<'a, X> {
     pub(crate) extra: &'a mut X,
 }
 
+/// Implements [`Link`] for a backend connection type with the fields `reader`, `writer`,
+/// `rbuf`, `probe` and `broken`, the field the framer updates (`extra`) and an inherent
+/// `terminate`.
+macro_rules! impl_link {
+    ($conn:ty, $extra:ident: $extra_ty:ty) => {
+        impl $crate::session::link::Link for $conn {
+            type Extra = $extra_ty;
+
+            fn parts(&mut self) -> $crate::session::link::LinkParts<'_, $extra_ty> {
+                $crate::session::link::LinkParts {
+                    reader: &mut self.reader,
+                    writer: &mut self.writer,
+                    rbuf: &mut self.rbuf,
+                    probe: &self.probe,
+                    extra: &mut self.$extra,
+                }
+            }
+
+            fn rbuf(&mut self) -> &mut bytes::BytesMut {
+                &mut self.rbuf
+            }
+
+            fn set_broken(&mut self) {
+                self.broken = true;
+            }
+
+            async fn terminate(&mut self) {
+                <$conn>::terminate(self).await;
+            }
+        }
+    };
+}
+pub(crate) use impl_link;
+
 /// An authenticated backend connection, as the session core sees it.
 pub(crate) trait Link: Send + 'static {
     /// What the backend framer may update on the connection (PostgreSQL: the parameters it

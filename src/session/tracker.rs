@@ -103,6 +103,19 @@ impl<B: Book> Tracker<B> {
         self.done = done;
     }
 
+    /// Reply bytes that answered nothing on their own (rows, definitions, notices), counted
+    /// for the oldest request in flight.
+    pub(crate) fn reply_bytes(&mut self, bytes: usize) {
+        if bytes > 0 {
+            self.reply(
+                Reply::Part {
+                    answers_part: false,
+                },
+                bytes,
+            );
+        }
+    }
+
     /// The backend's socket accepted `n` more bytes.
     pub(crate) fn accepted(&mut self, n: usize) {
         let mut done = std::mem::take(&mut self.done);

@@ -11,6 +11,7 @@
 pub(crate) mod fault_relay;
 pub(crate) mod http;
 pub(crate) mod mariadb_server;
+pub(crate) mod mysql_rig;
 pub(crate) mod pg_server;
 pub(crate) mod raw_client;
 pub(crate) mod raw_mysql;

@@ -11,7 +11,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::fault_relay::FaultRelay;
 use super::pg_server::{PgServer, SUPERUSER_PASSWORD};
-use super::suture_proc::{suture_config_with, SutureProc};
+use super::suture_proc::{set_pool_keys, suture_config_with, SutureProc};
 use super::{dsn_for, free_port};
 
 /// Upper bound for any single client step, so a hang fails the test
@@ -103,27 +103,11 @@ pub(crate) fn config_via(
     server_port: u16,
     set: &[(&str, &str)],
 ) -> anyhow::Result<String> {
-    let mut cfg = suture_config_with(pg, free_port(), "");
+    let cfg = suture_config_with(pg, free_port(), "");
     let direct = format!("servers = [\"127.0.0.1:{}\"]", pg.port());
     ensure!(cfg.contains(&direct), "config has no `{direct}` line");
-    cfg = cfg.replace(&direct, &format!("servers = [\"127.0.0.1:{server_port}\"]"));
-    let mut extra = String::new();
-    for (key, value) in set {
-        let prefix = format!("\n{key} = ");
-        match cfg.find(&prefix) {
-            Some(start) => {
-                let line_start = start + 1;
-                let line_end = cfg[line_start..]
-                    .find('\n')
-                    .map_or(cfg.len(), |i| line_start + i);
-                cfg.replace_range(line_start..line_end, &format!("{key} = {value}"));
-            }
-            None => extra.push_str(&format!("{key} = {value}\n")),
-        }
-    }
-    let header = "[pools.app]\n";
-    ensure!(cfg.contains(header), "config has no [pools.app]");
-    Ok(cfg.replacen(header, &format!("{header}{extra}"), 1))
+    let cfg = cfg.replace(&direct, &format!("servers = [\"127.0.0.1:{server_port}\"]"));
+    set_pool_keys(cfg, set)
 }
 
 /// A superuser connection straight to `pg`, database `app`.

@@ -51,7 +51,7 @@ impl SutureProc {
         } else {
             Stdio::from(log.try_clone()?)
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_suture"))
+        let mut child = Command::new(suture_binary())
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", filter)
@@ -184,6 +184,14 @@ impl Drop for SutureProc {
     }
 }
 
+/// The binary to run: `SUTURE_TEST_BIN` when set (e.g. a release build, or
+/// another checkout's build), else the one cargo built for these tests.
+fn suture_binary() -> PathBuf {
+    std::env::var_os("SUTURE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_suture")))
+}
+
 /// Finds `listen = "...:PORT"` inside `[admin]`.
 fn admin_listen_port(config: &str) -> Option<u16> {
     let mut in_admin = false;
@@ -263,6 +271,63 @@ password = "postgres"
 
 [pools.app.users.md5user]
 password = "md5-secret"
+"#
+    )
+}
+
+/// `cfg` with the `[pools.app]` keys in `set` (an existing `key = ...` line is
+/// replaced, a new key is added at the top of the table), e.g.
+/// `&[("min_idle", "1"), ("health_check_after", "\"1s\"")]`.
+pub(crate) fn set_pool_keys(mut cfg: String, set: &[(&str, &str)]) -> anyhow::Result<String> {
+    let mut extra = String::new();
+    for (key, value) in set {
+        let prefix = format!("\n{key} = ");
+        match cfg.find(&prefix) {
+            Some(start) => {
+                let line_start = start + 1;
+                let line_end = cfg[line_start..]
+                    .find('\n')
+                    .map_or(cfg.len(), |i| line_start + i);
+                cfg.replace_range(line_start..line_end, &format!("{key} = {value}"));
+            }
+            None => extra.push_str(&format!("{key} = {value}\n")),
+        }
+    }
+    let header = "[pools.app]\n";
+    anyhow::ensure!(cfg.contains(header), "config has no [pools.app]");
+    Ok(cfg.replacen(header, &format!("{header}{extra}"), 1))
+}
+
+/// A DESIGN §8 config with one MySQL pool `app` listening on `listen_port`
+/// in front of the server at 127.0.0.1:`server_port` (a MariaDB of
+/// [`super::mariadb_server`] or a relay in front of it), with its accounts
+/// `app`, `other` (created by tests that need a second user) and `root`.
+pub(crate) fn mysql_config(server_port: u16, listen_port: u16) -> String {
+    let admin_port = free_port();
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:{admin_port}"
+
+[pools.app]
+protocol = "mysql"
+listen = "127.0.0.1:{listen_port}"
+servers = ["127.0.0.1:{server_port}"]
+tls = "disable"
+min_idle = 1
+max_size = 10
+max_lifetime = "30m"
+idle_timeout = "10m"
+connect_timeout = "5s"
+failover_hold = "30s"
+
+[pools.app.users.app]
+password = "app-secret"
+
+[pools.app.users.other]
+password = "other-secret"
+
+[pools.app.users.root]
+password = "root-secret"
 "#
     )
 }

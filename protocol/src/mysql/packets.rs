@@ -257,7 +257,16 @@ pub fn parse_ok(payload: &[u8], caps: u64) -> Result<OkPacket<'_>, ProtocolError
         };
         (info, state)
     } else {
-        (r.take_rest(), None)
+        // Servers write the info as a `string<lenenc>` here too (MySQL's and MariaDB's
+        // `net_send_ok`), though the protocol documentation says `string<EOF>`; a peer that
+        // wrote it bare is read as it is.
+        let rest = r.take_rest();
+        let mut inner = Reader::new(rest);
+        let info = match inner.lenenc_str() {
+            Ok(info) if inner.is_empty() => info,
+            _ => rest,
+        };
+        (info, None)
     };
     Ok(OkPacket {
         header,
@@ -310,8 +319,9 @@ pub fn encode_ok(
             if let Some(state) = ok.session_state {
                 put_lenenc_str(state, buf);
             }
-        } else {
-            buf.put_slice(ok.info);
+        } else if !ok.info.is_empty() {
+            // As servers write it (see `parse_ok`).
+            put_lenenc_str(ok.info, buf);
         }
         Ok(())
     })
@@ -319,7 +329,8 @@ pub fn encode_ok(
 
 /// Rewrites an OK packet a backend sent with session tracking (`backend_caps` has
 /// CLIENT_SESSION_TRACK) for a client that did not ask for it (`client_caps`): the session state
-/// and SERVER_SESSION_STATE_CHANGED are dropped and the info becomes a `string<EOF>`.
+/// and SERVER_SESSION_STATE_CHANGED are dropped; the info stays a `string<lenenc>`, as servers
+/// write it for such clients.
 pub fn strip_session_track(
     payload: &[u8],
     backend_caps: u64,

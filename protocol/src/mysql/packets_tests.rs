@@ -52,8 +52,9 @@ fn golden_ok_packet() {
 
 #[test]
 fn ok_with_info_and_lenenc_values() {
-    // UPDATE: 300 rows, insert id 70000, in a transaction, 1 warning, info as string<EOF>.
-    let payload = b"\x00\xfc\x2c\x01\xfd\x70\x11\x01\x01\x00\x01\x00Rows matched: 300";
+    // UPDATE: 300 rows, insert id 70000, in a transaction, 1 warning, info as servers write it
+    // without session tracking: a string<lenenc> (MariaDB 10.11 on the wire).
+    let payload = b"\x00\xfc\x2c\x01\xfd\x70\x11\x01\x01\x00\x01\x00\x11Rows matched: 300";
     let ok = parse_ok(payload, P41).unwrap();
     assert_eq!((ok.affected_rows, ok.last_insert_id), (300, 70000));
     assert!(ok.in_transaction());
@@ -61,6 +62,9 @@ fn ok_with_info_and_lenenc_values() {
     let mut buf = BytesMut::new();
     encode_ok(&ok, P41, 1, &mut buf).unwrap();
     assert_eq!(&buf[4..], payload);
+    // A peer that writes the info bare (string<EOF>, as documented) is read as it is.
+    let bare = b"\x00\x00\x00\x02\x00\x00\x00Rows matched: 300";
+    assert_eq!(parse_ok(bare, P41).unwrap().info, b"Rows matched: 300");
     // With session tracking the info is a string<lenenc>.
     let tracked = b"\x00\x01\x00\x02\x00\x00\x00\x05hello";
     let ok = parse_ok(tracked, TRACK).unwrap();
@@ -116,7 +120,7 @@ fn strip_session_track_for_a_client_that_did_not_ask() {
     let mut buf = BytesMut::new();
     strip_session_track(TRACKED_OK, TRACK, P41 | CLIENT_SESSION_TRACK, 3, &mut buf).unwrap();
     assert_eq!(&buf[..], b"\x07\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00");
-    // Info survives as string<EOF>.
+    // Info survives as the string<lenenc> servers write for such clients.
     let mut buf = BytesMut::new();
     strip_session_track(
         b"\x00\x01\x00\x03\x40\x00\x00\x02hi\x03\x01\x01x",
@@ -126,7 +130,7 @@ fn strip_session_track_for_a_client_that_did_not_ask() {
         &mut buf,
     )
     .unwrap();
-    assert_eq!(&buf[4..], b"\x00\x01\x00\x03\x00\x00\x00hi");
+    assert_eq!(&buf[4..], b"\x00\x01\x00\x03\x00\x00\x00\x02hi");
     assert!(strip_session_track(b"\x01", TRACK, P41, 1, &mut buf).is_err());
 }
 

@@ -88,6 +88,9 @@ fn next_record<'a>(r: &mut Reader<'a>) -> Result<SessionChange<'a>, ProtocolErro
             value: d.lenenc_str()?,
         },
         track::SCHEMA => SessionChange::Schema(d.lenenc_str()?),
+        // MySQL and MariaDB both write the flag byte itself (`02 01 31`), not the
+        // `string<lenenc>` the protocol documentation describes; both forms are read.
+        track::STATE_CHANGE if data.len() == 1 => return Ok(SessionChange::StateChange(data)),
         track::STATE_CHANGE => SessionChange::StateChange(d.lenenc_str()?),
         track::GTIDS => SessionChange::Gtids {
             encoding: d.u8("GTID record encoding specification")?,
@@ -111,8 +114,8 @@ pub fn put_session_change(change: &SessionChange<'_>, out: &mut Vec<u8>) {
             put_lenenc_str(name, &mut data);
             put_lenenc_str(value, &mut data);
         }
+        SessionChange::StateChange(s) => data.extend_from_slice(s),
         SessionChange::Schema(s)
-        | SessionChange::StateChange(s)
         | SessionChange::TransactionCharacteristics(s)
         | SessionChange::TransactionState(s) => put_lenenc_str(s, &mut data),
         SessionChange::Gtids { encoding, gtids } => {
@@ -130,11 +133,11 @@ pub fn put_session_change(change: &SessionChange<'_>, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
-    /// The records MySQL's OK-packet documentation describes, as a server writes them:
-    /// `SET autocommit = OFF` and `USE test` with every tracker on.
+    /// The records of `SET autocommit = OFF` and `USE test` with every tracker on, as servers
+    /// write them (the state-change flag as its byte, as MariaDB 10.11 sends it).
     const STATE: &[u8] = b"\x00\x0f\x0aautocommit\x03OFF\
 \x01\x05\x04test\
-\x02\x02\x011\
+\x02\x01\x31\
 \x03\x07\x00\x05a:1-5\
 \x04\x18\x17START TRANSACTION; -- x\
 \x05\x09\x08T_______";
@@ -164,6 +167,14 @@ mod tests {
             put_session_change(c, &mut out);
         }
         assert_eq!(out, STATE);
+    }
+
+    #[test]
+    fn the_state_change_flag_is_read_in_both_forms() {
+        for state in [&b"\x02\x01\x31"[..], b"\x02\x02\x01\x31"] {
+            let changes: Vec<_> = session_changes(state).collect::<Result<_, _>>().unwrap();
+            assert_eq!(changes, vec![SessionChange::StateChange(b"1")], "{state:?}");
+        }
     }
 
     #[test]
