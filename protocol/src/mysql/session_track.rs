@@ -90,7 +90,7 @@ fn next_record<'a>(r: &mut Reader<'a>) -> Result<SessionChange<'a>, ProtocolErro
         track::SCHEMA => SessionChange::Schema(d.lenenc_str()?),
         // MySQL and MariaDB both write the flag byte itself (`02 01 31`), not the
         // `string<lenenc>` the protocol documentation describes; both forms are read.
-        track::STATE_CHANGE if data.len() == 1 => return Ok(SessionChange::StateChange(data)),
+        track::STATE_CHANGE if is_bare_flag(data) => return Ok(SessionChange::StateChange(data)),
         track::STATE_CHANGE => SessionChange::StateChange(d.lenenc_str()?),
         track::GTIDS => SessionChange::Gtids {
             encoding: d.u8("GTID record encoding specification")?,
@@ -106,6 +106,12 @@ fn next_record<'a>(r: &mut Reader<'a>) -> Result<SessionChange<'a>, ProtocolErro
     Ok(change)
 }
 
+/// Whether a state-change record's data is the flag byte itself, as servers write it: one byte
+/// that cannot be the length of an empty `string<lenenc>`.
+fn is_bare_flag(data: &[u8]) -> bool {
+    matches!(data, [flag] if *flag != 0)
+}
+
 /// Appends one record to a session state information block (for building OK packets).
 pub fn put_session_change(change: &SessionChange<'_>, out: &mut Vec<u8>) {
     let mut data = Vec::new();
@@ -114,7 +120,8 @@ pub fn put_session_change(change: &SessionChange<'_>, out: &mut Vec<u8>) {
             put_lenenc_str(name, &mut data);
             put_lenenc_str(value, &mut data);
         }
-        SessionChange::StateChange(s) => data.extend_from_slice(s),
+        SessionChange::StateChange(s) if is_bare_flag(s) => data.extend_from_slice(s),
+        SessionChange::StateChange(s) => put_lenenc_str(s, &mut data),
         SessionChange::Schema(s)
         | SessionChange::TransactionCharacteristics(s)
         | SessionChange::TransactionState(s) => put_lenenc_str(s, &mut data),
