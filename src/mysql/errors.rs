@@ -183,9 +183,12 @@ impl fmt::Display for MyNotice {
 }
 
 /// The text of ERR 1045, as the server words it.
+/// The user name is cut as in logs: a client chooses it, and must not have it echoed back at
+/// any length.
 pub(crate) fn access_denied(user: &str, host: &str, password: bool) -> String {
     format!(
-        "Access denied for user '{user}'@'{host}' (using password: {})",
+        "Access denied for user '{}'@'{host}' (using password: {})",
+        crate::peer_text::name(user),
         yes_no(password)
     )
 }
@@ -241,9 +244,10 @@ impl ClientError {
                 ER_ACCESS_DENIED_ERROR,
                 "28000",
                 format!(
-                    "Access denied for user '{user}'@'{host}': caching_sha2_password full \
+                    "Access denied for user '{}'@'{host}': caching_sha2_password full \
                      authentication needs TLS or an RSA key exchange, which Suture does not \
-                     offer to clients"
+                     offer to clients",
+                    crate::peer_text::name(user)
                 ),
             )),
             ClientError::BadDatabase { name, .. } => Some(MyNotice::new(

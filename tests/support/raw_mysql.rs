@@ -155,6 +155,12 @@ impl RawMysql {
         Ok(client)
     }
 
+    /// Writes `bytes` as they are, framing or not (lengths that lie).
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
     pub(crate) fn greeting(&self) -> &Greeting {
         &self.greeting
     }
