@@ -22,6 +22,8 @@ bash tests/drivers/pipeline_ledger.sh || driver_status=$?
 # PyMySQL's own suite directly and through Suture, and the MySQL ledger (kills, one restart).
 bash tests/drivers/pymysql_suite.sh || driver_status=$?
 bash tests/drivers/mysql_ledger.sh || driver_status=$?
+# mysql-connector-python's server-side prepared statements and the mariadb CLI, across KILLs.
+bash tests/drivers/mysql_clients.sh || driver_status=$?
 # deploy/, docker/, the alert rules and the dashboard's metrics (promtool, kubernetes-validate).
 ops_status=0
 bash tests/ops/check.sh || ops_status=$?
@@ -35,7 +37,7 @@ if [ "$ops_status" -ne 0 ]; then
     echo "test.sh: tests/ops/check.sh failed (exit $ops_status); see above" >&2
 fi
 if [ "$driver_status" -ne 0 ]; then
-    echo "test.sh: a driver suite (psycopg2, the psycopg 3 pipelined ledger, PyMySQL or the MySQL ledger) failed (exit $driver_status); see above" >&2
+    echo "test.sh: a driver suite (psycopg2, the psycopg 3 pipelined ledger, PyMySQL, the MySQL ledger or the MySQL clients) failed (exit $driver_status); see above" >&2
     exit "$driver_status"
 fi
 if [ "$ops_status" -ne 0 ]; then

@@ -221,3 +221,55 @@ fn session_tracking_is_removed_from_every_ok_for_a_client_without_it() {
     assert_eq!(&rbuf[..], &expected[..]);
     assert!(shared.lock().ledger.is_empty());
 }
+
+#[test]
+fn an_err_4031_with_sequence_id_0_is_kept_from_the_client_as_an_idle_timeout() {
+    // MySQL 8 writes this before it closes an idle connection (wait_timeout), packet built
+    // from the protocol documentation: ERR, code 4031, SQLSTATE HY000, sequence id 0.
+    let mut err = BytesMut::new();
+    suture_protocol::mysql::encode_err(
+        4031,
+        "HY000",
+        b"The client was disconnected by the server because of inactivity.",
+        CLIENT,
+        0,
+        &mut err,
+    )
+    .expect("encodes");
+    // Idle, nothing in flight.
+    let shared = Shared::default();
+    let mut backend = MyBackendFramer::new(1 << 20, CLIENT, BACKEND);
+    let mut conn = ConnState::default();
+    let mut rbuf = err.clone();
+    assert_eq!(
+        backend
+            .scan(&mut rbuf, &shared, &mut conn)
+            .expect("recognised"),
+        Scanned::Unsolicited(0)
+    );
+    let unsolicited = shared.lock().unsolicited.clone().expect("recorded");
+    assert!(unsolicited.idle_timeout && unsolicited.code == "4031");
+    // A query the server had not read when it gave up: the same, and it provably did not run.
+    let shared = Shared::default();
+    let mut framer = MyClientFramer::new(1 << 20, CLIENT);
+    walk_in_chunks(
+        &mut framer,
+        &shared,
+        &command_bytes(command::COM_QUERY, b"UPDATE t SET a = 1"),
+        1024,
+    );
+    let mut backend = MyBackendFramer::new(1 << 20, CLIENT, BACKEND);
+    let mut rbuf = err;
+    assert_eq!(
+        backend
+            .scan(&mut rbuf, &shared, &mut conn)
+            .expect("recognised"),
+        Scanned::Unsolicited(0)
+    );
+    let t = shared.lock();
+    assert!(t.unsolicited.as_ref().is_some_and(|u| u.idle_timeout));
+    assert!(
+        t.oldest_unanswered(),
+        "no byte of a reply went to the client"
+    );
+}
