@@ -721,3 +721,41 @@ async fn server_down_past_the_hold_gives_2003() -> anyhow::Result<()> {
     .await;
     rig.finish(result)
 }
+
+/// COM_RESET_CONNECTION resets the backend's session tracking too (to the server's default
+/// list, which has time_zone but not sql_mode): a SET after it must still be known to Suture
+/// and survive a heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_set_after_reset_connection_survives_a_heal() -> anyhow::Result<()> {
+    let rig = MysqlRig::start(&[("min_idle", "1")]).await?;
+    let result = async {
+        let mut conn = rig.connect_app().await?;
+        within(conn.query_drop("SET SESSION time_zone = '+01:00'")).await??;
+        ensure!(
+            within(conn.reset()).await??,
+            "COM_RESET_CONNECTION not sent"
+        );
+        let tz: Option<String> = within(conn.query_first("SELECT @@session.time_zone")).await??;
+        ensure!(tz.as_deref() == Some("SYSTEM"), "after the reset: {tz:?}");
+        within(conn.query_drop("SET SESSION time_zone = '+04:00', sql_mode = 'ANSI_QUOTES'"))
+            .await??;
+        let id = backend_id(&mut conn).await?;
+        kill(&rig.db, id).await?;
+        tokio::time::sleep(SETTLE).await;
+        let state: Option<(String, String)> =
+            within(conn.query_first("SELECT @@session.time_zone, @@session.sql_mode"))
+                .await?
+                .map_err(|e| anyhow::anyhow!("after the heal: {}", describe(&e)))?;
+        ensure!(
+            state == Some(("+04:00".to_owned(), "ANSI_QUOTES".to_owned())),
+            "a SET after COM_RESET_CONNECTION was lost in the heal: {state:?}"
+        );
+        ensure!(
+            backend_id(&mut conn).await? != id,
+            "still on the killed backend"
+        );
+        Ok(())
+    }
+    .await;
+    rig.finish(result)
+}
