@@ -36,8 +36,6 @@ pub(crate) enum Note {
     InitDb(String),
     /// COM_SET_OPTION: multi-statements on or off.
     SetOption(bool),
-    /// COM_RESET_CONNECTION: the server forgets the session's state.
-    Reset,
     /// COM_STMT_CLOSE of this client-visible statement id.
     CloseStatement(u32),
     /// COM_STMT_EXECUTE or COM_STMT_RESET of this statement: its long data is consumed.
@@ -86,13 +84,6 @@ impl Book for MyBook {
             Note::None => {}
             Note::InitDb(schema) => self.state.set_schema(Some(schema)),
             Note::SetOption(on) => self.state.set_multi_statements(on),
-            Note::Reset => {
-                let schema = self.state.schema().map(str::to_owned);
-                self.state.reset(schema);
-                self.statements.clear();
-                self.statement_traits.clear();
-                self.long_data.clear();
-            }
             Note::CloseStatement(id) => {
                 self.statements.closed(id);
                 self.statement_traits.remove(&id);
@@ -174,6 +165,17 @@ impl MyBook {
         })
     }
 
+    /// The backend's session was reset (COM_RESET_CONNECTION): nothing of it is left but the
+    /// current database (`schema`) and the multi-statements option. Client statement ids keep
+    /// counting, so an id the client still holds never names a new statement.
+    pub(crate) fn reset_session(&mut self, schema: Option<String>) {
+        self.state.reset(schema);
+        self.statements.clear();
+        self.statement_traits.clear();
+        self.long_data.clear();
+        self.pending.clear();
+    }
+
     /// Long data was sent for statement `id`.
     pub(crate) fn long_data_sent(&mut self, id: u32) {
         self.long_data.insert(id);
@@ -186,6 +188,21 @@ impl MyBook {
         } else {
             TxState::Idle
         }
+    }
+}
+
+impl Tracker {
+    /// The backend's session starts over (COM_RESET_CONNECTION, COM_CHANGE_USER): no state,
+    /// outside any transaction, nothing to reset before reuse. The ledger keeps its stream
+    /// offsets (the relay's are not restarted); nothing is in flight.
+    pub(crate) fn session_reset(&mut self, schema: Option<String>, status: u16) {
+        self.book.reset_session(schema);
+        self.book.status = status;
+        self.reply(crate::session::ledger::Reply::Ready(TxState::Idle), 0);
+        self.dirty = false;
+        self.tainted = false;
+        self.fatal_code = None;
+        self.unsolicited = None;
     }
 }
 

@@ -7,13 +7,12 @@
 use bytes::BytesMut;
 use suture_protocol::mysql::HEADER_LEN;
 
-use crate::mysql::book::MyBook;
+use crate::mysql::book::{MyBook, Tracker};
 use crate::mysql::client_login::{self, LoginSettings};
 use crate::mysql::errors::{ClientError, MyNotice};
 use crate::mysql::hooks::MyHooks;
 use crate::mysql::manager::MyManager;
 use crate::mysql::session::key_of;
-use crate::mysql::session_state::SessionState;
 use crate::session::hooks::{Hooks, LocalEnd, LocalIo};
 use crate::wire;
 
@@ -60,15 +59,17 @@ pub(crate) async fn serve(hooks: &MyHooks<'_>, io: LocalIo<'_, MyManager, MyBook
     };
     let mut out = BytesMut::with_capacity(16);
     client_login::encode_login_ok(&login, fresh.conn().state.status, &mut out);
-    // The old backend goes back as after a session; the session starts over.
-    let old_tracker = std::mem::take(&mut *io.shared.lock());
-    {
-        let mut t = io.shared.lock();
-        t.request_duration = old_tracker.request_duration.clone();
-        t.book.state = SessionState::new(login.database.clone());
-    }
+    // The old backend goes back as after a session (always reset: it served another user's
+    // session), and the session starts over on the new one.
+    let mut old_session = Tracker::default();
+    old_session.dirty = true;
+    old_session.fatal_code = io.shared.lock().fatal_code.clone();
+    let status = fresh.conn_ref().state.status;
+    io.shared
+        .lock()
+        .session_reset(login.database.clone(), status);
     let old = std::mem::replace(io.checkout, fresh);
-    hooks.release(old, &old_tracker).await;
+    hooks.release(old, &old_session).await;
     tracing::debug!(pool = %config.name, from = %current.user, to = %login.user, "COM_CHANGE_USER");
     *hooks.login() = login;
     match wire::write_all(io.client_write, &out, write_limit).await {

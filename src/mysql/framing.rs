@@ -1,7 +1,7 @@
 //! The MySQL framers the shared relay drives. The client's stream: each command (sequence id 0)
 //! is one request in the ledger with what it may do; statement ids are rewritten in place to the
 //! backend's; LOAD DATA LOCAL INFILE data continues the request while the reply gives the client
-//! the turn; COM_QUIT ends the session and COM_CHANGE_USER is answered by Suture. The backend's
+//! the turn; COM_QUIT ends the session, and COM_CHANGE_USER and COM_RESET_CONNECTION are served by Suture. The backend's
 //! stream: every packet is fed to its command's reply state machine, which says when the reply is
 //! complete and with which status flags; PREPARE_OK gets the client-visible statement id,
 //! session tracking in OK packets updates the session state (and is removed for clients that did
@@ -88,7 +88,11 @@ impl MyClientFramer {
         let &byte = payload
             .first()
             .ok_or(ProtocolError::Malformed("empty command packet"))?;
-        if byte == command::COM_QUIT || (byte == command::COM_CHANGE_USER && whole) {
+        let local = matches!(
+            byte,
+            command::COM_CHANGE_USER | command::COM_RESET_CONNECTION
+        );
+        if byte == command::COM_QUIT || (local && whole) {
             return Ok(None);
         }
         if mysql::reply_shape(byte).is_none() {
@@ -126,13 +130,6 @@ impl MyClientFramer {
                 let on = payload.get(1..3) == Some(&[0, 0]);
                 note = Note::SetOption(on);
                 Traits::default()
-            }
-            command::COM_RESET_CONNECTION => {
-                note = Note::Reset;
-                Traits {
-                    ends_tx: in_tx.then_some(crate::session::ledger::TxEnd::Rollback),
-                    ..Traits::default()
-                }
             }
             command::COM_PING
             | command::COM_STATISTICS

@@ -23,6 +23,7 @@ use crate::mysql::errors::{ClientError, MyNotice};
 use crate::mysql::framing::{MyBackendFramer, MyClientFramer};
 use crate::mysql::lost;
 use crate::mysql::manager::MyManager;
+use crate::mysql::reset;
 use crate::pool::{Checkout, PoolError};
 use crate::session::core::Core;
 use crate::session::hooks::{AbortedEnd, Hooks, LocalEnd, LocalIo, LostIo, Prepare};
@@ -240,8 +241,12 @@ impl Hooks for MyHooks<'_> {
         )
     }
 
+    /// COM_CHANGE_USER and COM_RESET_CONNECTION (the framer sends nothing else here).
     async fn serve_local<'a>(&'a self, io: LocalIo<'a, MyManager, MyBook>) -> LocalEnd {
-        change_user::serve(self, io).await
+        match io.request.get(HEADER_LEN) {
+            Some(&command::COM_RESET_CONNECTION) => reset::serve(self, io).await,
+            _ => change_user::serve(self, io).await,
+        }
     }
 
     /// At the sequence id of the reply in progress; otherwise 1 when it answers a command the

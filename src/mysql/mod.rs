@@ -18,6 +18,7 @@ mod hooks;
 mod lexer;
 mod lost;
 pub(crate) mod manager;
+mod reset;
 mod session;
 mod session_state;
 mod statement;

@@ -77,6 +77,7 @@ pub(crate) struct SessionState {
 
 impl SessionState {
     /// The state right after login into `schema`.
+    #[cfg(test)]
     pub(crate) fn new(schema: Option<String>) -> SessionState {
         SessionState {
             schema: schema.filter(|s| !s.is_empty()),
