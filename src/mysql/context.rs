@@ -20,6 +20,9 @@ use crate::session::core::{pool_settings, Core, CoreShared, PreparedReload};
 #[derive(Default)]
 pub(crate) struct GreetingCell {
     known: RwLock<Option<Greeting>>,
+    /// Held while a login learns the greeting: clients that arrive meanwhile wait for it
+    /// instead of each logging in once more.
+    learning: tokio::sync::Mutex<()>,
     /// Connection ids given to clients: Suture's own (the backend serving a client changes).
     next_connection_id: AtomicU32,
 }
@@ -131,6 +134,10 @@ impl MyService {
     /// Logs in to a server once to learn what clients are greeted with (also at start, so
     /// `/startup` knows the pool can log in).
     pub(crate) async fn learn_greeting(&self) -> Result<Greeting, MyBackendError> {
+        let _learning = self.greeting.learning.lock().await;
+        if let Some(greeting) = self.greeting.get() {
+            return Ok(greeting);
+        }
         let key = self.probe_key().ok_or_else(|| {
             MyBackendError::UnknownUser("(no user configured for the pool)".to_owned())
         })?;
@@ -143,6 +150,14 @@ impl MyService {
             })??;
         let greeting = self.greeting.learn(&conn);
         conn.terminate().await;
+        // The server ends the session once it read COM_QUIT: wait for its close (briefly), so
+        // the probe is gone before the clients that waited for it open their backends.
+        let mut rest = bytes::BytesMut::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            crate::wire::fill(&mut conn.reader, &mut rest),
+        )
+        .await;
         Ok(greeting)
     }
 

@@ -26,9 +26,14 @@ impl<M: Manager> Pool<M> {
             }
             let _done = Done(&sub.topping_up);
             loop {
+                // The spare takes a slot while it is opened: a client that checks out meanwhile
+                // waits for it instead of opening one more than `max_size`.
+                let Ok(slot) = Arc::clone(&sub.permits).try_acquire_owned() else {
+                    return;
+                };
                 let idle = sub.idle().len() + sub.checking.load(Ordering::Acquire);
                 let busy = sub.size.saturating_sub(sub.permits.available_permits());
-                if idle >= min_idle || idle + busy >= sub.size {
+                if idle >= min_idle || idle + busy > sub.size {
                     return;
                 }
                 let limit = pool.settings().checkout_timeout;
@@ -36,6 +41,7 @@ impl<M: Manager> Pool<M> {
                     Ok(Ok(conn)) => {
                         let pooled = pool.fresh(conn);
                         sub.idle().insert(0, pooled);
+                        drop(slot);
                     }
                     Ok(Err(err)) => {
                         tracing::warn!(pool = %pool.inner.name, ?key, error = %err, "could not open a warm spare");
