@@ -2,11 +2,38 @@
 //! retired past `idle_timeout`, their lifetime or near the server's idle limit, quiet ones
 //! health-checked, and sub-pools nobody uses dropped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::{Manager, Pool, Pooled, SubPool, SubPools};
+
+/// A warm spare being opened: it holds a slot of its sub-pool and is counted in `opening`
+/// (not an active backend) until it is in the idle list or has failed.
+struct Opening<'a> {
+    slot: Option<OwnedSemaphorePermit>,
+    count: &'a AtomicUsize,
+}
+
+impl<'a> Opening<'a> {
+    fn new(slot: OwnedSemaphorePermit, count: &'a AtomicUsize) -> Opening<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Opening {
+            slot: Some(slot),
+            count,
+        }
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        // The slot first, then the count: never an active backend that is not there.
+        drop(self.slot.take());
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl<M: Manager> Pool<M> {
     /// Opens connections in the background until the sub-pool has `min_idle` idle ones (never
@@ -31,6 +58,7 @@ impl<M: Manager> Pool<M> {
                 let Ok(slot) = Arc::clone(&sub.permits).try_acquire_owned() else {
                     return;
                 };
+                let opening = Opening::new(slot, &sub.opening);
                 let idle = sub.idle().len() + sub.checking.load(Ordering::Acquire);
                 let busy = sub.size.saturating_sub(sub.permits.available_permits());
                 if idle >= min_idle || idle + busy > sub.size {
@@ -41,7 +69,7 @@ impl<M: Manager> Pool<M> {
                     Ok(Ok(conn)) => {
                         let pooled = pool.fresh(conn);
                         sub.idle().insert(0, pooled);
-                        drop(slot);
+                        drop(opening);
                     }
                     Ok(Err(err)) => {
                         tracing::warn!(pool = %pool.inner.name, ?key, error = %err, "could not open a warm spare");

@@ -151,6 +151,8 @@ struct SubPool<C> {
     checking: AtomicUsize,
     /// A top-up task is running.
     topping_up: AtomicBool,
+    /// Warm spares being opened: each holds a slot, and is not a backend serving a client.
+    opening: AtomicUsize,
     /// When a caller last took or gave back a connection (for dropping unused sub-pools).
     last_used: Mutex<Instant>,
 }
@@ -271,7 +273,8 @@ impl<M: Manager> Pool<M> {
         };
         for sub in map.values() {
             stats.idle += sub.idle().len() + sub.checking.load(Ordering::Acquire);
-            stats.active += sub.size.saturating_sub(sub.permits.available_permits());
+            let in_use = sub.size.saturating_sub(sub.permits.available_permits());
+            stats.active += in_use.saturating_sub(sub.opening.load(Ordering::Acquire));
             stats.waiting += sub.waiting.load(Ordering::Acquire);
         }
         stats
@@ -329,6 +332,7 @@ impl<M: Manager> Pool<M> {
             waiting: AtomicUsize::new(0),
             checking: AtomicUsize::new(0),
             topping_up: AtomicBool::new(false),
+            opening: AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
         });
         map.insert(key.clone(), Arc::clone(&sub));
