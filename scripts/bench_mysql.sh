@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks the MySQL path: sysbench oltp_point_select and oltp_read_only, directly against
+# Benchmarks the MySQL path: sysbench oltp_point_select, oltp_read_only and oltp_read_write
+# (writes, in transactions), directly against
 # a throwaway MariaDB and through Suture, interleaved (each round runs every workload against
 # both targets, the order alternating from round to round), median over rounds. Reports tps
 # and Suture's own CPU per transaction (utime + stime from /proc, in microseconds), and
@@ -15,6 +16,8 @@
 #   SUTURE_BIN     suture binary [target/release/suture, built with cargo build --release]
 # Needs sysbench (scripts/install-deps.sh installs it), mariadbd and mariadb-install-db.
 # sysbench uses server-side prepared statements (--db-ps-mode=auto).
+# The errors column is sysbench's "ignored errors": deadlocks and lock waits it retries
+# (oltp_read_write has a few even directly); any other error stops sysbench.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
@@ -97,7 +100,7 @@ measure() {
 }
 
 for round in $(seq "$ROUNDS"); do
-    for workload in oltp_point_select oltp_read_only; do
+    for workload in oltp_point_select oltp_read_only oltp_read_write; do
         order=$TARGETS
         (( round % 2 )) || order=$(tr ' ' '\n' <<<"$TARGETS" | tac | tr '\n' ' ')
         for target in $order; do
@@ -110,7 +113,7 @@ median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a
 echo
 echo "MySQL path: sysbench, $THREADS threads, ${SECS}s x $ROUNDS rounds (median), $(nproc) cores"
 printf '%-18s %12s %12s %8s %18s %10s\n' workload "direct tps" "suture tps" ratio "suture us CPU/tx" errors
-for workload in oltp_point_select oltp_read_only; do
+for workload in oltp_point_select oltp_read_only oltp_read_write; do
     d=$(awk -F'\t' -v w="$workload" '$1 == w && $2 == "direct" {print $3}' "$RESULTS" | median)
     s=$(awk -F'\t' -v w="$workload" '$1 == w && $2 == "suture" {print $3}' "$RESULTS" | median)
     c=$(awk -F'\t' -v w="$workload" '$1 == w && $2 == "suture" {print $5}' "$RESULTS" | median)
