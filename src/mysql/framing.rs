@@ -249,6 +249,7 @@ impl ClientFramer for MyClientFramer {
         sendable: &mut usize,
         shared: &Shared,
     ) -> Result<Walked, ProtocolError> {
+        let mut t = shared.lock();
         loop {
             let (seq, part, start, end, first, whole) = match self.scanner.next(cbuf, *scanned)? {
                 Step::Message {
@@ -267,7 +268,6 @@ impl ClientFramer for MyClientFramer {
                 Step::NeedMore => return Ok(Walked::NeedMore),
             };
             let packet_done = whole || !self.scanner.in_packet();
-            let mut t = shared.lock();
             if first && self.open.is_none() && !self.in_client_data {
                 if t.book.client_turn() {
                     let len = end - start - HEADER_LEN;
@@ -468,6 +468,8 @@ impl BackendFramer for MyBackendFramer {
         let mut pos = 0;
         // Reply bytes not yet given to the ledger.
         let mut bytes = 0;
+        // Every packet feeds its reply's state machine in the book: one lock for the whole read.
+        let mut t = shared.lock();
         loop {
             let step = self.scanner.next(rbuf, pos)?;
             let (seq, start, mut end, first, whole) = match step {
@@ -483,7 +485,6 @@ impl BackendFramer for MyBackendFramer {
                 } => (seq, start, end, first, false),
                 Step::NeedMore => break,
             };
-            let mut t = shared.lock();
             if !first {
                 bytes += end - start;
                 pos = end;
@@ -572,7 +573,7 @@ impl BackendFramer for MyBackendFramer {
                 Next::Backend | Next::Client => bytes += len,
             }
         }
-        shared.lock().reply_bytes(bytes);
+        t.reply_bytes(bytes);
         Ok(Scanned::Forward(pos))
     }
 
