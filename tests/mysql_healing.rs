@@ -18,7 +18,8 @@ use mysql_async::prelude::Queryable as _;
 use mysql_async::Conn;
 use support::mysql_rig::{
     backend_id, create_other_user_and_db, describe, expect_err, kill, kill_all_of, select_i64,
-    show, wait_heal_events_above, MysqlRig, CR_CONN_HOST_ERROR, CR_SERVER_LOST,
+    server_error, show, wait_heal_events_above, MysqlRig, CR_CONN_HOST_ERROR, CR_SERVER_LOST,
+    ER_SERVER_SHUTDOWN,
 };
 use support::rig::within;
 use support::MariaDbServer;
@@ -161,6 +162,59 @@ async fn server_restart_while_idle_heals() -> anyhow::Result<()> {
         ensure_direct_broke(&d)?;
         let s = expect_healed(&rig, &mut conn, before).await?;
         field("server_restart_idle", &d, &s);
+        Ok(())
+    }
+    .await;
+    rig.finish(result)
+}
+
+/// A clean server restart while a query runs: the query's outcome is unknown,
+/// so the client gets 2013 "may have executed" (or the server's own 1053,
+/// when it answered before closing), never a replay; the session then goes on
+/// on the restarted server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_mid_query_gives_2013_and_session_continues() -> anyhow::Result<()> {
+    let rig = MysqlRig::start(&[("min_idle", "1")]).await?;
+    let result = async {
+        let mut direct = rig.db.connect_app().await?;
+        ensure!(select_i64(&mut direct, "SELECT 1").await? == 1);
+        let mut conn = rig.connect_app().await?;
+        ensure!(select_i64(&mut conn, "SELECT 1").await? == 1);
+        let restarter = async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            rig.db.restart().await
+        };
+        let (s, d, restarted) = tokio::join!(
+            within(conn.query_drop("SELECT SLEEP(5)")),
+            direct_next_query(&mut direct, "SELECT SLEEP(5)"),
+            restarter
+        );
+        restarted?;
+        ensure_direct_broke(&d)?;
+        let err = match s? {
+            Ok(()) => bail!("SELECT SLEEP(5) across a restart answered OK"),
+            Err(e) => e,
+        };
+        let code = server_error(&err).map(|e| e.code);
+        ensure!(
+            code == Some(CR_SERVER_LOST) && describe(&err).contains("may have executed")
+                || code == Some(ER_SERVER_SHUTDOWN),
+            "SELECT SLEEP(5) across a restart: {}",
+            describe(&err)
+        );
+        ensure!(
+            select_i64(&mut conn, "SELECT 3").await? == 3,
+            "the session did not go on after the restart"
+        );
+        field(
+            "server_restart_mid_query",
+            &d,
+            &format!(
+                "ERROR {} ({}), session continues",
+                code.unwrap_or(0),
+                describe(&err)
+            ),
+        );
         Ok(())
     }
     .await;
@@ -590,6 +644,51 @@ async fn session_state_and_prepared_statements_survive_a_heal() -> anyhow::Resul
         within(conn.close(plus)).await??;
         let got: Option<i64> = within(conn.exec_first(&times, (7,))).await??;
         ensure!(got == Some(21));
+        Ok(())
+    }
+    .await;
+    rig.finish(result)
+}
+
+/// `SET NAMES x COLLATE y`: the server reports the character set without the
+/// collation, yet both must hold on the healed backend (the collation would
+/// otherwise fall back to the character set's default and change how the
+/// session compares strings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_names_collation_survives_a_heal() -> anyhow::Result<()> {
+    let rig = MysqlRig::start(&[("min_idle", "1")]).await?;
+    let result = async {
+        let mut conn = rig.connect_app().await?;
+        within(conn.query_drop("SET NAMES utf8mb4 COLLATE utf8mb4_bin")).await??;
+        let state = "SELECT @@character_set_connection, @@collation_connection, 'a' = 'A'";
+        let before: Option<(String, String, i64)> = within(conn.query_first(state)).await??;
+        ensure!(
+            before == Some(("utf8mb4".into(), "utf8mb4_bin".into(), 0)),
+            "before the heal: {before:?}"
+        );
+        let id = backend_id(&mut conn).await?;
+        let heals = rig.heal_events().await?;
+        kill(&rig.db, id).await?;
+        tokio::time::sleep(SETTLE).await;
+        let after: Option<(String, String, i64)> = within(conn.query_first(state))
+            .await?
+            .map_err(|e| anyhow::anyhow!("after the heal: {}", describe(&e)))?;
+        ensure!(rig.heal_events().await? > heals, "no heal counted");
+        ensure!(
+            after == before,
+            "before the heal {before:?}, after {after:?}"
+        );
+        // A later SET NAMES without COLLATE goes back to the default collation.
+        within(conn.query_drop("SET NAMES utf8mb4")).await??;
+        let plain: Option<(String, String, i64)> = within(conn.query_first(state)).await??;
+        let id = backend_id(&mut conn).await?;
+        kill(&rig.db, id).await?;
+        tokio::time::sleep(SETTLE).await;
+        let healed: Option<(String, String, i64)> = within(conn.query_first(state)).await??;
+        ensure!(
+            healed == plain,
+            "after SET NAMES utf8mb4: {plain:?}, healed {healed:?}"
+        );
         Ok(())
     }
     .await;

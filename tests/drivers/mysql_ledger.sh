@@ -11,6 +11,10 @@
 # Environment knobs:
 #   MYSQL_LEDGER_SECS     seconds of load per target (default 15)
 #   MYSQL_LEDGER_CLIENTS  clients (default 8)
+#   SUTURE_MAX_SIZE       Suture's max_size for `app` (default: the number of
+#                         clients, a pool sized like the application's, so every
+#                         heal happens with the pool full)
+#   SUTURE_MIN_IDLE       Suture's min_idle (default 0: no warm spare beyond it)
 #   SUTURE_BIN            suture binary (default target/debug/suture, built if missing)
 #   PYTHON                python 3 interpreter (default python3)
 # Installs PyMySQL with pip when it is missing. Logs and JSON totals:
@@ -82,6 +86,8 @@ run() {
 run direct "$MDB_PORT" || log "direct run reported problems (baseline only)"
 status=0
 SUTURE_PORT="$(free_port)"
+export SUTURE_MAX_SIZE="${SUTURE_MAX_SIZE:-$CLIENTS}" SUTURE_MIN_IDLE="${SUTURE_MIN_IDLE:-0}"
+log "suture: max_size $SUTURE_MAX_SIZE for $CLIENTS clients, min_idle $SUTURE_MIN_IDLE"
 suture_mysql_config "$WORK/suture.toml" "$SUTURE_PORT" "$MDB_PORT" "failover_hold = \"15s\""
 if start_suture_mysql "$WORK/suture.toml" "$WORK/suture.log" "$SUTURE_PORT"; then
     run suture "$SUTURE_PORT" --assert || status=$?

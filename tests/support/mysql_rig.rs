@@ -29,6 +29,8 @@ pub(crate) const OTHER_PASSWORD: &str = "other-secret";
 pub(crate) const CR_SERVER_LOST: u16 = 2013;
 /// `CR_CONN_HOST_ERROR`: "Can't connect to MySQL server".
 pub(crate) const CR_CONN_HOST_ERROR: u16 = 2003;
+/// ER_SERVER_SHUTDOWN: the server answered a running query while shutting down.
+pub(crate) const ER_SERVER_SHUTDOWN: u16 = 1053;
 
 /// The Suture config of a MySQL pool in front of 127.0.0.1:`server_port`,
 /// with the `[pools.app]` keys `set` (see [`set_pool_keys`]).
