@@ -48,6 +48,8 @@ pub(crate) struct Pending {
     pub(crate) reply: Reply,
     /// COM_STMT_PREPARE: the statement text (its PREPARE_OK registers it).
     pub(crate) prepare: Option<Bytes>,
+    /// COM_QUERY `SET NAMES x COLLATE y`: the collation, which its OK does not report.
+    pub(crate) collation: Option<String>,
     /// The first payload bytes of a request of several packets whose last packet has not
     /// been walked yet: its reply's first sequence id is not known (a server may answer before
     /// the end, with ERR 1153 when the request passes `max_allowed_packet`).

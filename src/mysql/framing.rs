@@ -45,6 +45,8 @@ struct Open {
     started: bool,
     /// COM_STMT_PREPARE: the statement's text.
     prepare: Option<Bytes>,
+    /// COM_QUERY `SET NAMES x COLLATE y`: the collation.
+    collation: Option<String>,
     traits: Traits,
     note: Note,
 }
@@ -103,11 +105,12 @@ impl MyClientFramer {
         let in_tx = t.ledger.tx().in_transaction();
         let mut note = Note::None;
         let mut unanswered = false;
+        let mut collation = None;
         let traits = match byte {
             command::COM_QUERY => {
                 t.dirty = true;
                 if whole && part == Part::Whole {
-                    query_traits(&payload[1..], t, in_tx)
+                    query_traits(&payload[1..], t, in_tx, &mut collation)
                 } else {
                     ANYTHING
                 }
@@ -183,6 +186,7 @@ impl MyClientFramer {
             unanswered,
             started: false,
             prepare,
+            collation,
             traits,
             note,
         };
@@ -204,6 +208,7 @@ impl MyClientFramer {
         book.pending.push_back(Pending {
             reply,
             prepare,
+            collation: open.collation.take(),
             unfinished,
         });
         Ok(())
@@ -227,10 +232,25 @@ impl MyClientFramer {
 }
 
 /// What a COM_QUERY of `sql` may do; it taints the session when it creates state Suture cannot
-/// rebuild.
-fn query_traits(sql: &[u8], t: &mut Tracker, in_tx: bool) -> Traits {
+/// rebuild. `collation` gets the collation a `SET NAMES x COLLATE y` chose.
+fn query_traits(
+    sql: &[u8],
+    t: &mut Tracker,
+    in_tx: bool,
+    collation: &mut Option<String>,
+) -> Traits {
     let facts = crate::mysql::statement::classify(sql, t.book.sql_mode(), in_tx);
+    let single = facts.len() == 1;
     let facts = crate::mysql::statement::combine(&facts);
+    if facts.chooses_collation {
+        // Servers report the character set of `SET NAMES x COLLATE y`, not the collation.
+        *collation = crate::mysql::statement::names_collation(sql, t.book.sql_mode());
+        if !single || collation.is_none() {
+            // Which OK of several answers it is not followed.
+            t.book.state.taint();
+            t.tainted = true;
+        }
+    }
     if facts.taints {
         // Tracking may not tell (a user variable beside a tracked one in one SET).
         t.book.state.taint();
@@ -410,7 +430,9 @@ impl MyBackendFramer {
             t.dirty = true;
         }
         if let Some(state) = ok.session_state {
-            if let Err(taint) = t.book.state.apply_tracking(state) {
+            let book = &mut t.book;
+            let collation = book.pending.front().and_then(|p| p.collation.as_deref());
+            if let Err(taint) = book.state.apply_tracking(state, collation) {
                 tracing::debug!(cause = taint.label(), "session state Suture cannot rebuild");
                 t.tainted = true;
             }

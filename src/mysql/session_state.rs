@@ -90,8 +90,13 @@ impl SessionState {
     /// the session (and says why) when the block is malformed or not UTF-8, when a
     /// `session_track_*` variable changed, or when a state change record ("1") comes without
     /// any variable or schema record explaining it. The records that could be read are
-    /// applied either way.
-    pub(crate) fn apply_tracking(&mut self, state_bytes: &[u8]) -> Result<(), Taint> {
+    /// applied either way. `collation` is the one a `SET NAMES x COLLATE y` chose (servers
+    /// report its character set only).
+    pub(crate) fn apply_tracking(
+        &mut self,
+        state_bytes: &[u8],
+        collation: Option<&str>,
+    ) -> Result<(), Taint> {
         let mut explained = false;
         let mut changed = false;
         let mut taint = None;
@@ -124,7 +129,7 @@ impl SessionState {
         if changed && !explained {
             taint.get_or_insert(Taint::UnexplainedChange);
         }
-        self.forget_implied_collation(state_bytes);
+        self.imply_collation(state_bytes, collation);
         match taint {
             Some(t) => {
                 self.tainted = true;
@@ -157,8 +162,9 @@ impl SessionState {
 
     /// A new `character_set_connection` resets `collation_connection`, and MariaDB reports
     /// the character set of `SET NAMES x [COLLATE y]` without the collation: an earlier
-    /// collation no longer holds, and setting the character set alone restores the default.
-    fn forget_implied_collation(&mut self, state_bytes: &[u8]) {
+    /// collation no longer holds. The one `collation` the statement chose is recorded;
+    /// without one, setting the character set alone restores the default.
+    fn imply_collation(&mut self, state_bytes: &[u8], chosen: Option<&str>) {
         let mut charset = false;
         let mut collation = false;
         for change in session_changes(state_bytes).flatten() {
@@ -168,7 +174,12 @@ impl SessionState {
             }
         }
         if charset && !collation {
-            self.variables.remove(SET_TOGETHER[1]);
+            match chosen {
+                Some(c) => self
+                    .variables
+                    .insert(SET_TOGETHER[1].to_owned(), c.to_owned()),
+                None => self.variables.remove(SET_TOGETHER[1]),
+            };
         }
     }
 

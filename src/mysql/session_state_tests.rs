@@ -50,7 +50,7 @@ fn baseline(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 fn variables_and_schema_are_recorded() {
     let mut state = SessionState::new(None);
     for bytes in [SET_NAMES, AUTOCOMMIT_OFF, ISOLATION, USE_APP] {
-        assert_eq!(state.apply_tracking(bytes), Ok(()));
+        assert_eq!(state.apply_tracking(bytes, None), Ok(()));
     }
     assert_eq!(state.variable("character_set_client"), Some("utf8mb4"));
     assert_eq!(state.variable("autocommit"), Some("OFF"));
@@ -59,7 +59,7 @@ fn variables_and_schema_are_recorded() {
     assert!(!state.tainted());
     // A later value replaces the earlier one; names are kept in lower case.
     state
-        .apply_tracking(&block(&[var("AutoCommit", "ON")]))
+        .apply_tracking(&block(&[var("AutoCommit", "ON")]), None)
         .expect("plain variable");
     assert_eq!(state.variable("autocommit"), Some("ON"));
 }
@@ -68,12 +68,12 @@ fn variables_and_schema_are_recorded() {
 fn unexplained_state_changes_taint() {
     let mut state = SessionState::new(Some("app".into()));
     assert_eq!(
-        state.apply_tracking(USER_VARIABLE),
+        state.apply_tracking(USER_VARIABLE, None),
         Err(Taint::UnexplainedChange)
     );
     assert!(state.tainted());
     // Tainted stays tainted until a reset, even when later blocks are fine.
-    assert_eq!(state.apply_tracking(SET_NAMES), Ok(()));
+    assert_eq!(state.apply_tracking(SET_NAMES, None), Ok(()));
     assert!(state.tainted());
     state.reset(Some("app".into()));
     assert!(!state.tainted());
@@ -81,9 +81,15 @@ fn unexplained_state_changes_taint() {
     // The flag with an inner length, as `put_session_change` writes it, counts too.
     let mut state = SessionState::new(None);
     let bytes = block(&[SessionChange::StateChange(b"1")]);
-    assert_eq!(state.apply_tracking(&bytes), Err(Taint::UnexplainedChange));
+    assert_eq!(
+        state.apply_tracking(&bytes, None),
+        Err(Taint::UnexplainedChange)
+    );
     // A schema change explains the flag.
-    assert_eq!(SessionState::new(None).apply_tracking(USE_APP), Ok(()));
+    assert_eq!(
+        SessionState::new(None).apply_tracking(USE_APP, None),
+        Ok(())
+    );
 }
 
 #[test]
@@ -102,8 +108,8 @@ fn other_records_are_ignored() {
         },
         SessionChange::StateChange(b"0"),
     ]);
-    assert_eq!(state.apply_tracking(&bytes), Ok(()));
-    assert_eq!(state.apply_tracking(b""), Ok(()));
+    assert_eq!(state.apply_tracking(&bytes, None), Ok(()));
+    assert_eq!(state.apply_tracking(b"", None), Ok(()));
     assert_eq!(state, SessionState::new(None));
 }
 
@@ -111,7 +117,7 @@ fn other_records_are_ignored() {
 fn bad_tracking_taints() {
     let mut state = SessionState::new(None);
     assert!(matches!(
-        state.apply_tracking(b"\x00\x05\x09abc"),
+        state.apply_tracking(b"\x00\x05\x09abc", None),
         Err(Taint::Malformed(_))
     ));
     assert!(state.tainted());
@@ -121,15 +127,15 @@ fn bad_tracking_taints() {
         name: b"lc_messages",
         value: b"\xff\xfe",
     }]);
-    assert_eq!(state.apply_tracking(&bytes), Err(Taint::NotUtf8));
+    assert_eq!(state.apply_tracking(&bytes, None), Err(Taint::NotUtf8));
     let mut state = SessionState::new(None);
     let bytes = block(&[SessionChange::Schema(b"\xc3")]);
-    assert_eq!(state.apply_tracking(&bytes), Err(Taint::NotUtf8));
+    assert_eq!(state.apply_tracking(&bytes, None), Err(Taint::NotUtf8));
 
     let mut state = SessionState::new(None);
     let bytes = block(&[var("session_track_state_change", "OFF")]);
     assert_eq!(
-        state.apply_tracking(&bytes),
+        state.apply_tracking(&bytes, None),
         Err(Taint::TrackingChanged("session_track_state_change".into()))
     );
     // The labels are fixed strings.
@@ -145,7 +151,7 @@ fn schema_changes() {
     assert_eq!(state.schema(), Some("db1"));
     // A dropped current schema is reported as an empty one.
     state
-        .apply_tracking(&block(&[SessionChange::Schema(b"")]))
+        .apply_tracking(&block(&[SessionChange::Schema(b"")]), None)
         .expect("empty schema");
     assert_eq!(state.schema(), None);
     state.reset(Some("db2".into()));
@@ -175,8 +181,10 @@ fn restore_sets_what_differs_from_the_baseline() {
         var("character_set_client", "utf8mb4"),
         var("lc_time_names", "de_DE"),
     ]);
-    state.apply_tracking(&bytes).expect("variables");
-    state.apply_tracking(RESULTS_NULL).expect("NULL results");
+    state.apply_tracking(&bytes, None).expect("variables");
+    state
+        .apply_tracking(RESULTS_NULL, None)
+        .expect("NULL results");
     let login = baseline(&[
         ("character_set_client", "utf8mb4"),
         ("time_zone", "SYSTEM"),
@@ -203,10 +211,13 @@ fn restore_sets_what_differs_from_the_baseline() {
 fn restore_keeps_connection_charset_and_collation_together() {
     let mut state = SessionState::new(None);
     state
-        .apply_tracking(&block(&[
-            var("collation_connection", "utf8mb4_unicode_ci"),
-            var("character_set_connection", "utf8mb4"),
-        ]))
+        .apply_tracking(
+            &block(&[
+                var("collation_connection", "utf8mb4_unicode_ci"),
+                var("character_set_connection", "utf8mb4"),
+            ]),
+            None,
+        )
         .expect("charset");
     // The collation is the login's, but setting the character set would reset it.
     let login = baseline(&[
@@ -223,14 +234,17 @@ fn restore_keeps_connection_charset_and_collation_together() {
 #[test]
 fn restore_leaves_out_one_shot_derived_and_tracking_variables() {
     let mut state = SessionState::new(None);
-    let _ = state.apply_tracking(&block(&[
-        var("insert_id", "5"),
-        var("last_insert_id", "7"),
-        var("character_set_database", "latin1"),
-        var("collation_database", "latin1_swedish_ci"),
-        var("session_track_system_variables", ""),
-        var("sql_mode", "ANSI_QUOTES"),
-    ]));
+    let _ = state.apply_tracking(
+        &block(&[
+            var("insert_id", "5"),
+            var("last_insert_id", "7"),
+            var("character_set_database", "latin1"),
+            var("collation_database", "latin1_swedish_ci"),
+            var("session_track_system_variables", ""),
+            var("sql_mode", "ANSI_QUOTES"),
+        ]),
+        None,
+    );
     assert_eq!(
         state.restore_sql(&BTreeMap::new()),
         ["SET SESSION `sql_mode` = 'ANSI_QUOTES'"]
@@ -276,10 +290,13 @@ fn restore_sql_survives_the_lexer_in_every_mode() {
     use super::super::lexer::{statements, SqlMode};
     let mut state = SessionState::new(Some("app".into()));
     state
-        .apply_tracking(&block(&[
-            var("lc_time_names", r"en\US'; DROP TABLE t; --"),
-            var("time_zone", "+02:00"),
-        ]))
+        .apply_tracking(
+            &block(&[
+                var("lc_time_names", r"en\US'; DROP TABLE t; --"),
+                var("time_zone", "+02:00"),
+            ]),
+            None,
+        )
         .expect("variables");
     for ansi_quotes in [false, true] {
         for no_backslash_escapes in [false, true] {
@@ -298,17 +315,50 @@ fn restore_sql_survives_the_lexer_in_every_mode() {
 fn a_new_connection_charset_forgets_the_old_collation() {
     let mut state = SessionState::new(None);
     state
-        .apply_tracking(&block(&[
-            var("character_set_connection", "latin1"),
-            var("collation_connection", "latin1_german1_ci"),
-        ]))
+        .apply_tracking(
+            &block(&[
+                var("character_set_connection", "latin1"),
+                var("collation_connection", "latin1_german1_ci"),
+            ]),
+            None,
+        )
         .expect("explicit collation");
     // `SET NAMES utf8mb4`: MariaDB reports the character sets only.
-    state.apply_tracking(SET_NAMES).expect("set names");
+    state.apply_tracking(SET_NAMES, None).expect("set names");
     assert_eq!(state.variable("collation_connection"), None);
     assert_eq!(
         state.restore_sql(&BTreeMap::new()),
         ["SET SESSION `character_set_client` = 'utf8mb4', \
           `character_set_connection` = 'utf8mb4', `character_set_results` = 'utf8mb4'"]
+    );
+}
+
+#[test]
+fn the_collation_set_names_chose_is_kept() {
+    let mut state = SessionState::new(None);
+    // `SET NAMES utf8mb4 COLLATE utf8mb4_bin`: reported like `SET NAMES utf8mb4`.
+    state
+        .apply_tracking(SET_NAMES, Some("utf8mb4_bin"))
+        .expect("set names collate");
+    assert_eq!(state.variable("collation_connection"), Some("utf8mb4_bin"));
+    assert_eq!(
+        state.restore_sql(&BTreeMap::new()),
+        ["SET SESSION `character_set_client` = 'utf8mb4', \
+          `character_set_connection` = 'utf8mb4', `character_set_results` = 'utf8mb4', \
+          `collation_connection` = 'utf8mb4_bin'"]
+    );
+    // A reported collation wins over the statement's text.
+    state
+        .apply_tracking(
+            &block(&[
+                var("character_set_connection", "latin1"),
+                var("collation_connection", "latin1_swedish_ci"),
+            ]),
+            Some("utf8mb4_bin"),
+        )
+        .expect("explicit collation");
+    assert_eq!(
+        state.variable("collation_connection"),
+        Some("latin1_swedish_ci")
     );
 }

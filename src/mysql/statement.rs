@@ -37,6 +37,9 @@ pub(crate) struct Facts {
     /// HANDLER, XA transactions, `SET TRANSACTION` (next transaction only), SET ROLE, a
     /// change to `session_track_*` (Suture would stop seeing the session state).
     pub(crate) taints: bool,
+    /// It is (or holds) `SET NAMES x COLLATE y`: the server reports the character set it
+    /// chose, not the collation, which [`names_collation`] reads from the text.
+    pub(crate) chooses_collation: bool,
 }
 
 impl Facts {
@@ -47,6 +50,7 @@ impl Facts {
         ends_transaction: None,
         waits: false,
         taints: false,
+        chooses_collation: false,
     };
     /// Runs something, but commits nothing, waits for nothing on purpose and taints nothing.
     const EXECUTES: Facts = Facts {
@@ -60,6 +64,7 @@ impl Facts {
         ends_transaction: None,
         waits: true,
         taints: false,
+        chooses_collation: false,
     };
 
     /// The ledger's view of the request these facts describe. Every SQL statement may be made
@@ -134,8 +139,40 @@ pub(crate) fn combine(facts: &[Facts]) -> Facts {
         all.may_commit |= f.may_commit;
         all.waits |= f.waits;
         all.taints |= f.taints;
+        all.chooses_collation |= f.chooses_collation;
     }
     all
+}
+
+/// The collation the one statement of `sql` chose with `SET NAMES x COLLATE y` (the last one
+/// when its SET list has several), unquoted; `None` when `sql` is not one such statement.
+pub(crate) fn names_collation(sql: &[u8], mode: SqlMode) -> Option<String> {
+    let statements = statements(sql, mode);
+    let [tokens] = statements.as_slice() else {
+        return None;
+    };
+    let (verb, rest) = tokens.split_first()?;
+    if !verb.is("SET") {
+        return None;
+    }
+    let chosen = assignments(rest)
+        .into_iter()
+        .filter_map(collation_of_names)
+        .next_back()?;
+    let text = match chosen.kind {
+        TokenKind::String | TokenKind::QuotedIdent => chosen.text.get(1..chosen.text.len() - 1)?,
+        _ => chosen.text,
+    };
+    String::from_utf8(text.to_vec()).ok()
+}
+
+/// The collation token of a SET item `NAMES x COLLATE y`.
+fn collation_of_names<'s, 'a>(item: &'s [Token<'a>]) -> Option<&'s Token<'a>> {
+    if !item.first()?.is("NAMES") {
+        return None;
+    }
+    let at = item.iter().position(|t| t.is("COLLATE"))?;
+    item.get(at + 1)
 }
 
 /// The facts of one statement and the transaction state after it.
@@ -469,6 +506,7 @@ fn set(rest: &[Token<'_>], tx: InTx) -> (Facts, InTx) {
     let mut facts = Effects::of(rest).add_to(Facts::EXECUTES);
     let mut after = tx;
     for item in assignments(rest) {
+        facts.chooses_collation |= collation_of_names(item).is_some();
         match assigned(item) {
             Assigned::User => facts.taints = true,
             Assigned::Session(name) if is_tracking_variable(name) => facts.taints = true,

@@ -312,6 +312,30 @@ fn set_statements() {
             "{sql}: {f:?}"
         );
     }
+    // SET NAMES ... COLLATE: the collation is read from the text.
+    assert!(outside("SET NAMES utf8mb4 COLLATE utf8mb4_bin").chooses_collation);
+    assert!(!outside("SET NAMES utf8mb4").chooses_collation);
+    assert!(!outside("SET collation_connection = 'utf8mb4_bin'").chooses_collation);
+    for (sql, chosen) in [
+        ("SET NAMES utf8mb4 COLLATE utf8mb4_bin", Some("utf8mb4_bin")),
+        (
+            "set names 'utf8mb4' collate 'utf8mb4_unicode_ci'",
+            Some("utf8mb4_unicode_ci"),
+        ),
+        (
+            "SET NAMES latin1 COLLATE `latin1_bin`, time_zone = 'UTC'",
+            Some("latin1_bin"),
+        ),
+        ("SET NAMES utf8mb4", None),
+        ("SELECT 1", None),
+        ("SET NAMES a COLLATE a_bin; SET NAMES b", None),
+    ] {
+        assert_eq!(
+            names_collation(sql.as_bytes(), MODE).as_deref(),
+            chosen,
+            "{sql}"
+        );
+    }
     // State that cannot be rebuilt.
     for sql in [
         "SET @x = 1",
