@@ -1,12 +1,15 @@
 """Real MySQL clients through Suture (issue 12): mysql-connector-python with server-side
 prepared statements (prepared=True) and the mariadb command-line client, each across a KILL of
-its backend from an admin connection. Prints one line per check and exits non-zero when any
-fails.
+its backend from an admin connection, and sysbench oltp_read_write with server-side prepared
+statements (zero errors through Suture; the direct run beside it is the baseline). Prints one
+line per check and exits non-zero when any fails.
 
     python3 mysql_clients.py --port SUTURE --server-port MARIADB --socket SOCKET
 """
 
 import argparse
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -15,9 +18,11 @@ import mysql.connector
 import pymysql
 
 FAILED = []
+CHECKED = []
 
 
 def check(name, ok, detail=""):
+    CHECKED.append(name)
     print(f"{'PASS' if ok else 'FAIL'} {name}{': ' + detail if detail else ''}")
     if not ok:
         FAILED.append(name)
@@ -96,6 +101,47 @@ def command_line_client(port, server_port, work):
           (err or out).strip())
 
 
+def sysbench(port, *args):
+    """Runs sysbench's oltp_read_write (4 tables of 10,000 rows, server-side prepared
+    statements) against PORT; returns (exit status, output)."""
+    cmd = ["sysbench", "oltp_read_write", "--db-driver=mysql", "--mysql-host=127.0.0.1",
+           f"--mysql-port={port}", "--mysql-user=app", "--mysql-password=app-secret",
+           "--mysql-db=app", "--tables=4", "--table-size=10000", "--db-ps-mode=auto",
+           "--rand-type=uniform", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def sysbench_figures(out):
+    """(transactions, ignored errors, reconnects) from a sysbench run's report."""
+    def figure(label):
+        m = re.search(rf"{label}:\s+(\d+)", out)
+        return int(m.group(1)) if m else None
+    return figure("transactions"), figure("ignored errors"), figure("reconnects")
+
+
+def sysbench_read_write(port, server_port):
+    """sysbench oltp_read_write through Suture: transactions run, no error at all (not even one
+    sysbench retries), no reconnect; the same run directly is printed as the baseline."""
+    if shutil.which("sysbench") is None:
+        check("sysbench oltp_read_write", False, "sysbench is missing (scripts/install-deps.sh)")
+        return
+    rc, out = sysbench(server_port, "prepare")
+    if rc != 0:
+        check("sysbench oltp_read_write", False, "prepare failed: " + out[-500:])
+        return
+    run = ["--threads=4", "--time=10", "--report-interval=0", "run"]
+    rc, out = sysbench(server_port, *run)
+    print(f"sysbench oltp_read_write direct: exit {rc}, (transactions, errors, reconnects) = "
+          f"{sysbench_figures(out)}")
+    rc, out = sysbench(port, *run)
+    txs, errors, reconnects = sysbench_figures(out)
+    check("sysbench oltp_read_write through Suture, zero errors",
+          rc == 0 and (txs or 0) > 0 and errors == 0 and reconnects == 0,
+          f"exit {rc}, {txs} transactions, {errors} errors, {reconnects} reconnects"
+          + ("" if rc == 0 else ": " + out[-500:]))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -104,7 +150,8 @@ def main():
     args = parser.parse_args()
     prepared_statements(args.port, args.server_port)
     command_line_client(args.port, args.server_port, args.work)
-    print(f"mysql_clients: {6 - len(FAILED)} passed, {len(FAILED)} failed")
+    sysbench_read_write(args.port, args.server_port)
+    print(f"mysql_clients: {len(CHECKED) - len(FAILED)} passed, {len(FAILED)} failed")
     sys.exit(1 if FAILED else 0)
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real MySQL clients through Suture (issue 12): mysql-connector-python with server-side
-# prepared statements and the mariadb command-line client (queries, LOAD DATA LOCAL INFILE, an
-# interactive session across a KILL of its backend), against a throwaway MariaDB.
+# prepared statements, the mariadb command-line client (queries, LOAD DATA LOCAL INFILE, an
+# interactive session across a KILL of its backend) and sysbench oltp_read_write with zero
+# errors, against a throwaway MariaDB.
 #
 #   bash tests/drivers/mysql_clients.sh
 #
