@@ -146,6 +146,55 @@ async fn kill_of_every_backend_heals_every_session() -> anyhow::Result<()> {
     rig.finish(result)
 }
 
+/// The pool sized like the application's (`max_size` 4, four sessions, no
+/// spare): every backend is killed and the four sessions, querying at once,
+/// all heal on the slots the dead backends held; when one session leaves, a
+/// new client gets its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_pool_every_backend_killed_every_session_heals() -> anyhow::Result<()> {
+    let rig = MysqlRig::start(&[("min_idle", "0"), ("max_size", "4")]).await?;
+    let result = async {
+        let mut sessions = Vec::new();
+        for _ in 0..4 {
+            let mut conn = rig.connect_app().await?;
+            ensure!(select_i64(&mut conn, "SELECT 1").await? == 1);
+            sessions.push(conn);
+        }
+        let before = rig.heal_events().await?;
+        let killed = kill_all_of(&rig.db, "app").await?;
+        ensure!(
+            killed == 4,
+            "{killed} backends of app killed, the pool holds 4"
+        );
+        tokio::time::sleep(SETTLE).await;
+        let answers = futures_util::future::join_all(
+            sessions.iter_mut().map(|conn| select_i64(conn, "SELECT 5")),
+        )
+        .await;
+        for (i, got) in answers.into_iter().enumerate() {
+            let got = got.with_context(|| format!("session {i} after the kill"))?;
+            ensure!(got == 5, "session {i}: SELECT 5 gave {got}");
+        }
+        let heals = rig.heal_events().await?;
+        ensure!(
+            heals >= before + 4.0,
+            "heals + replays went from {before} to {heals} for 4 sessions"
+        );
+        let leaving = sessions.pop().context("four sessions")?;
+        within(leaving.disconnect()).await??;
+        let mut fresh = rig.connect_app().await?;
+        ensure!(select_i64(&mut fresh, "SELECT 6").await? == 6);
+        field(
+            "full_pool_kill_every_backend",
+            "-",
+            "ok (4 of 4 backends killed, 4 sessions healed at once)",
+        );
+        Ok(())
+    }
+    .await;
+    rig.finish(result)
+}
+
 /// A clean server restart while sessions are idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_restart_while_idle_heals() -> anyhow::Result<()> {
