@@ -127,10 +127,16 @@ async fn ssl_request_and_cancel_over_the_socket() -> anyhow::Result<()> {
             let outcome = client.simple_query("SELECT pg_sleep(30)").await;
             (client, outcome)
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        within(token.cancel_query(NoTls))
-            .await?
-            .context("cancel request over the socket")?;
+        // Until it lands: a cancel that arrives before the query started cancels nothing.
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if sleeper.is_finished() {
+                break;
+            }
+            within(token.cancel_query(NoTls))
+                .await?
+                .context("cancel request over the socket")?;
+        }
         let (client, outcome) = within(sleeper).await??;
         let err = match outcome {
             Ok(_) => anyhow::bail!("pg_sleep(30) was not cancelled"),
@@ -198,8 +204,8 @@ async fn trust_on_a_socket_and_the_configured_mode() -> anyhow::Result<()> {
     finish(&suture, result)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_client_queries_over_the_socket() -> anyhow::Result<()> {
+/// MariaDB and Suture with a MySQL pool on `DIR/mysql.sock`.
+async fn mysql_over_socket() -> anyhow::Result<(MariaDbServer, TempDir, PathBuf, SutureProc)> {
     let db = MariaDbServer::start().await?;
     let dir = tempfile::Builder::new().prefix("suture-sock-").tempdir()?;
     let path = dir.path().join("mysql.sock");
@@ -209,13 +215,24 @@ async fn mysql_client_queries_over_the_socket() -> anyhow::Result<()> {
     ensure!(cfg.contains(&tcp), "config has no `{tcp}` line");
     let cfg = cfg.replace(&tcp, &format!("listen = \"unix:{}\"", path.display()));
     let suture = SutureProc::start(&cfg).await?;
+    Ok((db, dir, path, suture))
+}
+
+/// mysql_async as `app` through the socket at `path`.
+async fn mysql_connect(path: &Path) -> anyhow::Result<mysql_async::Conn> {
+    let opts = mysql_async::OptsBuilder::default()
+        .socket(Some(path.display().to_string()))
+        .user(Some(APP_USER))
+        .pass(Some(APP_PASSWORD))
+        .db_name(Some(APP_DB));
+    Ok(within(mysql_async::Conn::new(opts)).await??)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_client_queries_over_the_socket() -> anyhow::Result<()> {
+    let (_db, _dir, path, suture) = mysql_over_socket().await?;
     let result = async {
-        let opts = mysql_async::OptsBuilder::default()
-            .socket(Some(path.display().to_string()))
-            .user(Some(APP_USER))
-            .pass(Some(APP_PASSWORD))
-            .db_name(Some(APP_DB));
-        let mut conn = within(mysql_async::Conn::new(opts)).await??;
+        let mut conn = mysql_connect(&path).await?;
         let sum: Option<i64> = within(conn.query_first("SELECT 40 + 2")).await??;
         ensure!(sum == Some(42), "SELECT 40 + 2 gave {sum:?}");
         // Server-side prepared statements over the socket too.
@@ -227,6 +244,29 @@ async fn mysql_client_queries_over_the_socket() -> anyhow::Result<()> {
             "{user:?}"
         );
         within(conn.disconnect()).await??;
+        Ok(())
+    }
+    .await;
+    finish(&suture, result)
+}
+
+/// `KILL` of the backend of an idle MySQL client on the socket: its next query is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_unix_client_is_healed() -> anyhow::Result<()> {
+    let (db, _dir, path, suture) = mysql_over_socket().await?;
+    let result = async {
+        let mut conn = mysql_connect(&path).await?;
+        let id: Option<u64> = within(conn.query_first("SELECT CONNECTION_ID()")).await??;
+        let id = id.context("no CONNECTION_ID()")?;
+        let mut admin = db.admin().await?;
+        within(admin.query_drop(format!("KILL {id}"))).await??;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let three: Option<i64> = within(conn.query_first("SELECT 3"))
+            .await?
+            .with_context(|| format!("after KILL {id}"))?;
+        ensure!(three == Some(3), "SELECT 3 gave {three:?}");
+        let new_id: Option<u64> = within(conn.query_first("SELECT CONNECTION_ID()")).await??;
+        ensure!(new_id != Some(id), "still on killed backend {id}");
         Ok(())
     }
     .await;
