@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
+
 use crate::mysql::client_login::{self, ClientLogin, LoginSettings};
 use crate::mysql::context::MyService;
 use crate::mysql::errors::{ClientError, MyNotice};
@@ -13,7 +15,6 @@ use crate::mysql::manager::{MyKey, SHAPE_CAPABILITIES};
 use crate::net::client_socket::ClientSocket;
 use crate::session::command_phase;
 use crate::wire;
-use bytes::BytesMut;
 
 /// Serves one client connection until it ends. Never panics on client input; every error is
 /// reported to the client where the protocol allows and logged.

@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::BytesMut;
+use suture_protocol::pg::{self, TxStatus};
+
 use crate::net::client_socket::ClientSocket;
 use crate::pool::Checkout;
 use crate::postgres::backend::{BackendConn, RunError};
@@ -19,8 +22,6 @@ use crate::postgres::hooks::PgHooks;
 use crate::postgres::wire;
 use crate::session::command_phase;
 use crate::session::ledger::TxState;
-use bytes::BytesMut;
-use suture_protocol::pg::{self, TxStatus};
 
 /// Serves one client connection until it ends. Never panics on client input; every error is
 /// reported to the client where the protocol allows and logged. `client_id` names the session
