@@ -11,6 +11,9 @@
 #   select   pgbench -S at 1, 8, 32 clients, -M simple and -M prepared        (tps)
 #   tpcb     pgbench TPC-B-like default script, 8 clients                     (tps)
 #   connect  pgbench -S -C -c 8: a new connection per transaction              (tps)
+#   unix     pgbench -S at 1 and 8 clients, -M simple and -M prepared, over Unix-domain
+#            sockets: PostgreSQL's own socket directory, PgBouncer's unix_socket_dir and a
+#            second Suture pool listening on unix:DIR/.s.PGSQL.PORT       (tps, proxy CPU)
 #   stream   COPY (...) TO STDOUT of BENCH_STREAM_MB MiB via psql, and a SELECT of half
 #            that size via pgbench -t 1 (libpq keeps the result, no formatting) (MiB/s)
 #   idle     RSS per idle, logged-in client: BENCH_IDLE_CLIENTS psycopg2 connections to a
@@ -34,7 +37,8 @@
 #   BENCH_POOL_SIZE      Suture max_size = PgBouncer default_pool_size       [40]
 #   BENCH_MIN_IDLE       Suture min_idle = PgBouncer min_pool_size           [8]
 #   BENCH_SCALE          pgbench -i scale factor                             [10]
-#   BENCH_ONLY           comma list of groups to run: select,tpcb,connect,stream,idle,soak [all]
+#   BENCH_ONLY           comma list of groups to run: select,tpcb,connect,unix,stream,idle,soak
+#                        [all]
 #   BENCH_OUT            results file [docs/benchmarks/results-YYYY-MM-DD.md]; raw data in
 #                        the same name with .tsv
 #   BENCH_SUTURE_BIN     use this Suture binary instead of building the working tree [unset]
@@ -61,7 +65,7 @@ POOL_SIZE=${BENCH_POOL_SIZE:-40}
 MIN_IDLE=${BENCH_MIN_IDLE:-8}
 SCALE=${BENCH_SCALE:-10}
 SUTURE_BIN=${BENCH_SUTURE_BIN:-}
-ONLY=${BENCH_ONLY:-select,tpcb,connect,stream,idle,soak}
+ONLY=${BENCH_ONLY:-select,tpcb,connect,unix,stream,idle,soak}
 OUT=${BENCH_OUT:-docs/benchmarks/results-$(date +%Y-%m-%d).md}
 KEEP=${BENCH_KEEP:-0}
 RAW=${OUT%.md}.tsv
@@ -182,7 +186,8 @@ cleanup() {
 start_postgres() {
     pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
     pg_port=$(free_port)
-    local max_conn=$(( IDLE_CLIENTS + 2 * POOL_SIZE + 100 ))
+    # PgBouncer's pool, Suture's TCP pool and its Unix-socket pool, the idle test, a margin.
+    local max_conn=$(( IDLE_CLIENTS + 3 * POOL_SIZE + 100 ))
     [ "$max_conn" -lt 200 ] && max_conn=200
     log "initdb in $work/data (PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), port $pg_port, max_connections $max_conn)"
     as_pg "$pg_bin/initdb" -D "$work/data" -U postgres --auth-local=trust \
@@ -211,8 +216,9 @@ CONF
 # PgBouncer authenticates clients with SCRAM against the verifier copied from pg_authid
 # (same salt and iterations as the server). Because the client proved the key, PgBouncer
 # can log in to PostgreSQL with SCRAM on the client's behalf without knowing the password.
-write_pgbouncer_conf() { # name port pool_size min_pool max_client
-    local name=$1 port=$2 pool=$3 min=$4 maxc=$5
+# With a sixth argument PgBouncer also listens on DIR/.s.PGSQL.PORT (unix_socket_dir).
+write_pgbouncer_conf() { # name port pool_size min_pool max_client [socket_dir]
+    local name=$1 port=$2 pool=$3 min=$4 maxc=$5 sock=${6:-}
     cat >"$work/$name.ini" <<INI
 [databases]
 app = host=127.0.0.1 port=$pg_port dbname=app
@@ -220,7 +226,7 @@ app = host=127.0.0.1 port=$pg_port dbname=app
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $port
-unix_socket_dir =
+unix_socket_dir = $sock
 auth_type = scram-sha-256
 auth_file = $work/userlist.txt
 pool_mode = session
@@ -261,8 +267,9 @@ stop_pgbouncer() { # name
     while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
 }
 
-write_suture_conf() { # name port max_size min_idle max_clients
-    local name=$1 port=$2 max=$3 min=$4 maxc=$5
+# With a sixth argument a second pool, `unix`, serves the same database on that socket path.
+write_suture_conf() { # name port max_size min_idle max_clients [socket_path]
+    local name=$1 port=$2 max=$3 min=$4 maxc=$5 sock=${6:-}
     cat >"$work/$name.toml" <<TOML
 [admin]
 listen = "127.0.0.1:$(free_port)"
@@ -286,6 +293,26 @@ failover_hold = "30s"
 [pools.app.users.app]
 password = "app-secret"
 TOML
+    if [ -n "$sock" ]; then
+        cat >>"$work/$name.toml" <<TOML
+
+[pools.unix]
+protocol = "postgres"
+listen = "unix:$sock"
+servers = ["127.0.0.1:$pg_port"]
+tls = "disable"
+min_idle = $min
+max_size = $max
+max_client_connections = $maxc
+max_lifetime = "30m"
+idle_timeout = "10m"
+connect_timeout = "5s"
+failover_hold = "30s"
+
+[pools.unix.users.app]
+password = "app-secret"
+TOML
+    fi
     "$work/suture" check-config -c "$work/$name.toml" >"$work/$name.check" 2>&1 ||
         { cat "$work/$name.check" >&2; die "suture config $name is invalid"; }
 }
@@ -306,6 +333,24 @@ stop_suture() { # pid
 
 # ---------------------------------------------------------------- measurements
 
+# tcp, or unix while the Unix-socket rows are measured.
+TRANSPORT=tcp
+
+# Where pgbench connects for a target: 127.0.0.1, or (TRANSPORT=unix) the directory of the
+# target's socket, libpq's host=DIR (it opens DIR/.s.PGSQL.PORT).
+host_of() {
+    if [ "$TRANSPORT" = tcp ]; then
+        echo 127.0.0.1
+        return
+    fi
+    case $1 in
+        direct) echo "$work" ;;
+        pgbouncer) echo "$work/pgbouncer-sock" ;;
+        suture) echo "$work/suture-sock" ;;
+    esac
+}
+
+# The port, the same number for both transports (Suture's Unix pool is named after it).
 port_of() {
     case $1 in
         direct) echo "$pg_port" ;;
@@ -337,7 +382,7 @@ run_pgbench() { # round group workload target pgbench-args...
     local proxy cpu0=""
     proxy=$(proxy_pid "$target")
     [ -z "$proxy" ] || cpu0=$(cpu_ticks "$proxy")
-    PGPASSWORD=app-secret timeout --foreground $(( SECS + 120 )) "$pg_bin/pgbench" -h 127.0.0.1 -p "$port" \
+    PGPASSWORD=app-secret timeout --foreground $(( SECS + 120 )) "$pg_bin/pgbench" -h "$(host_of "$target")" -p "$port" \
         -U app -n -T "$SECS" "$@" app >"$logf" 2>&1 || rc=$?
     tps=$(awk '/^tps = / {print $3; exit}' "$logf")
     if [ -n "$cpu0" ]; then
@@ -386,6 +431,22 @@ bench_connect_round() {
     while read -r t; do
         run_pgbench "$1" connect "select -C -c 8" "$t" -S -C -c 8 -j 2
     done < <(round_targets "$1")
+}
+
+# pgbench -S over Unix sockets to all three; PostgreSQL's own socket uses its local (trust)
+# rule, which only the login sees.
+bench_unix_round() { # round
+    local rnd=$1 c mode t j
+    TRANSPORT=unix
+    for c in 1 8; do
+        j=$(( c < 2 ? c : 2 ))
+        for mode in simple prepared; do
+            while read -r t; do
+                run_pgbench "$rnd" unix "unix select -c $c -M $mode" "$t" -S -M "$mode" -c "$c" -j "$j"
+            done < <(round_targets "$rnd")
+        done
+    done
+    TRANSPORT=tcp
 }
 
 now_ns() { date +%s%N; }
@@ -587,8 +648,8 @@ describe_machine() {
 
 ## Setup
 
-- Everything on 127.0.0.1 over TCP; clients log in with SCRAM-SHA-256 (PGPASSWORD) to all three targets.
-- PostgreSQL: shared_buffers 128MB, max_connections $(( IDLE_CLIENTS + 2 * POOL_SIZE + 100 < 200 ? 200 : IDLE_CLIENTS + 2 * POOL_SIZE + 100 )), **fsync off** (not a durability test), pgbench scale $SCALE.
+- Everything on 127.0.0.1 over TCP; clients log in with SCRAM-SHA-256 (PGPASSWORD) to all three targets. The "unix" rows connect over Unix-domain sockets instead: PostgreSQL's own socket directory (its local rule is trust, so only the login differs), PgBouncer's unix_socket_dir (same pool as its TCP listener), and a second Suture pool (\`listen = "unix:..."\`, same sizes) in the same process; Suture and PgBouncer still reach PostgreSQL over TCP.
+- PostgreSQL: shared_buffers 128MB, max_connections $(( IDLE_CLIENTS + 3 * POOL_SIZE + 100 < 200 ? 200 : IDLE_CLIENTS + 3 * POOL_SIZE + 100 )), **fsync off** (not a durability test), pgbench scale $SCALE.
 - PgBouncer: session mode, default_pool_size $POOL_SIZE, min_pool_size $MIN_IDLE, auth_type scram-sha-256 with the SCRAM verifier from pg_authid in auth_file (SCRAM pass-through to the server), server_reset_query DISCARD ALL.
 - Suture: max_size $POOL_SIZE, min_idle $MIN_IDLE, tls disable, client_auth scram-sha-256.
 - pgbench: -T $SECS per measurement, -j = min(clients, 2), -n. $ROUNDS interleaved round(s); within a round every workload runs against direct, pgbouncer and suture, the starting target rotating per round. Values are medians over rounds; n = rounds with a value.
@@ -636,14 +697,24 @@ main() {
     chown postgres:postgres "$work/userlist.txt" 2>/dev/null || true
 
     pgb_port=$(free_port)
-    write_pgbouncer_conf pgbouncer "$pgb_port" "$POOL_SIZE" "$MIN_IDLE" $(( IDLE_CLIENTS + 100 ))
+    mkdir -p "$work/pgbouncer-sock" "$work/suture-sock"
+    chown postgres:postgres "$work/pgbouncer-sock" 2>/dev/null || true
+    write_pgbouncer_conf pgbouncer "$pgb_port" "$POOL_SIZE" "$MIN_IDLE" $(( IDLE_CLIENTS + 100 )) \
+        "$work/pgbouncer-sock"
     start_pgbouncer pgbouncer "$pgb_port"
 
     suture_port=$(free_port)
     local maxc=$(( IDLE_CLIENTS + 100 < 1100 ? 1100 : IDLE_CLIENTS + 100 ))
-    write_suture_conf suture "$suture_port" "$POOL_SIZE" "$MIN_IDLE" "$maxc"
+    write_suture_conf suture "$suture_port" "$POOL_SIZE" "$MIN_IDLE" "$maxc" \
+        "$work/suture-sock/.s.PGSQL.$suture_port"
     start_suture suture "$suture_port"
     suture_pid=$last_suture_pid
+    # The TCP pool answers first; the Unix one is bound right after it.
+    local _
+    for _ in $(seq 1 100); do
+        [ -S "$work/suture-sock/.s.PGSQL.$suture_port" ] && break
+        sleep 0.1
+    done
     log "direct :$pg_port  pgbouncer :$pgb_port  suture :$suture_port  (work dir $work)"
 
     # Each target must answer before anything is measured.
@@ -652,6 +723,14 @@ main() {
         PGPASSWORD=app-secret "$pg_bin/psql" -X -q -A -t -h 127.0.0.1 -p "$(port_of "$t")" \
             -U app -d app -c "SELECT 1" >/dev/null || die "$t does not answer"
     done
+    if wants unix; then
+        TRANSPORT=unix
+        for t in "${TARGETS[@]}"; do
+            PGPASSWORD=app-secret "$pg_bin/psql" -X -q -A -t -h "$(host_of "$t")" -p "$(port_of "$t")" \
+                -U app -d app -c "SELECT 1" >/dev/null || die "$t does not answer on its Unix socket"
+        done
+        TRANSPORT=tcp
+    fi
 
     mkdir -p "$(dirname "$OUT")"
     printf 'round\tgroup\tworkload\tunit\ttarget\tvalue\tnote\n' >"$RAW"
@@ -662,6 +741,7 @@ main() {
         if wants select; then bench_select_round "$rnd"; fi
         if wants tpcb; then bench_tpcb_round "$rnd"; fi
         if wants connect; then bench_connect_round "$rnd"; fi
+        if wants unix; then bench_unix_round "$rnd"; fi
         if wants stream; then bench_stream_round "$rnd"; fi
     done
     if wants idle; then bench_idle; fi

@@ -7,9 +7,12 @@
 //! environment except [`Config::load`]; tests go through [`Config::from_sources`].
 
 mod build;
+mod listen;
 mod raw;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_listen;
 #[cfg(test)]
 mod tests_ops;
 
@@ -21,6 +24,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use listen::{parse_file_mode, ListenAddr, ListenAddrError, MAX_UNIX_PATH, UNIX_PREFIX};
 
 /// Prefix of environment overrides: `SUTURE__POOLS__APP__MAX_SIZE=30`.
 pub const ENV_PREFIX: &str = "SUTURE";
@@ -95,6 +100,10 @@ pub mod defaults {
     pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
     /// `pools.*.auth_failure_delay`: none.
     pub const AUTH_FAILURE_DELAY: Duration = Duration::ZERO;
+    /// `pools.*.listen_mode` of a Unix-socket listener: anyone who can reach the directory may
+    /// connect. The same effect as PgBouncer's `unix_socket_mode` default (0777) and
+    /// PostgreSQL's `unix_socket_permissions`: execute bits mean nothing on a socket.
+    pub const LISTEN_MODE: u32 = 0o666;
     /// `runtime.max_buffered_bytes`: 512 MiB.
     pub const MAX_BUFFERED_BYTES: usize = 512 << 20;
 }
@@ -184,7 +193,9 @@ pub struct PoolConfig {
     /// The table key, also the `pool` metrics label.
     pub name: String,
     pub protocol: Protocol,
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
+    /// File mode of a Unix-socket listener (`listen_mode`); unused for TCP.
+    pub listen_mode: u32,
     /// Candidates, tried in order, re-resolved on every connect.
     pub servers: Vec<ServerAddr>,
     pub tls: TlsSettings,
@@ -394,7 +405,7 @@ pub enum ClientAuthMethod {
     /// cache is never empty); clients may switch to `mysql_native_password`.
     #[serde(rename = "caching_sha2_password")]
     CachingSha2Password,
-    /// Only allowed on loopback listeners.
+    /// Only allowed on loopback and Unix-socket listeners.
     #[serde(rename = "trust")]
     Trust,
 }

@@ -133,6 +133,9 @@ fn kept_keys(old: &Config, new: &Config) -> Vec<String> {
         if old_pool.listen != new_pool.listen {
             kept.push(format!("pools.{name}.listen"));
         }
+        if old_pool.listen_mode != new_pool.listen_mode {
+            kept.push(format!("pools.{name}.listen_mode"));
+        }
         if old_pool.protocol != new_pool.protocol {
             kept.push(format!("pools.{name}.protocol"));
         }
@@ -145,7 +148,8 @@ fn kept_keys(old: &Config, new: &Config) -> Vec<String> {
 
 /// `new` with the keys that cannot change live put back to their running values.
 fn keep_fixed(old: &PoolConfig, mut new: PoolConfig) -> PoolConfig {
-    new.listen = old.listen;
+    new.listen = old.listen.clone();
+    new.listen_mode = old.listen_mode;
     new.protocol = old.protocol;
     new.sizes.max_client_connections = old.sizes.max_client_connections;
     new

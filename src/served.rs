@@ -5,12 +5,12 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::admin::status::{fill_from_ops, Backends, PoolSource, PoolStatus};
 use crate::config::PoolConfig;
 use crate::mysql::MyService;
+use crate::net::client_socket::ClientSocket;
 use crate::net::tls::TlsError;
 use crate::ops::pool_state::PoolOps;
 use crate::pool::{Manager, Pool, PoolStats};
@@ -54,7 +54,7 @@ impl Service {
     }
 
     /// Serves one client connection until it ends.
-    pub(crate) async fn serve(self, stream: TcpStream, client_id: u64) {
+    pub(crate) async fn serve(self, stream: ClientSocket, client_id: u64) {
         match self {
             Service::Postgres(svc) => crate::postgres::serve(svc, stream, client_id).await,
             Service::Mysql(svc) => crate::mysql::serve(svc, stream, client_id).await,
@@ -62,7 +62,7 @@ impl Service {
     }
 
     /// Refuses a client over `max_client_connections` the way the protocol's server does.
-    pub(crate) async fn refuse_at_cap(self, stream: TcpStream) {
+    pub(crate) async fn refuse_at_cap(self, stream: ClientSocket) {
         match self {
             Service::Postgres(svc) => crate::postgres::refuse_at_cap(svc, stream).await,
             Service::Mysql(svc) => crate::mysql::refuse_at_cap(svc, stream).await,

@@ -1,24 +1,23 @@
-//! Listeners and the process lifecycle: one listener per pool, one task per client connection,
+//! Listeners and the process lifecycle: one listener per pool (TCP or a Unix socket, see
+//! `net::listener`), one task per client connection,
 //! a cap on concurrent clients per pool (refused with a protocol error, not left hanging), pool
 //! maintenance and warm-up, the heartbeat the watchdog reads, SIGHUP reloads, and on SIGTERM,
 //! SIGINT or `POST /quitquitquit` the drain of `shutdown`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::status::PoolSource;
 use crate::admin::AdminState;
-use crate::config::{Config, Protocol, ShutdownConfig};
+use crate::config::{Config, ListenAddr, Protocol, ShutdownConfig};
 use crate::log_limit::LogLimiter;
 use crate::mysql::{GreetingCell, MyService, MyShared};
 use crate::net::dns::Resolver;
-use crate::net::socket::configure_client_socket;
+use crate::net::listener::{BindError, Listener};
 use crate::net::tls::TlsError;
 use crate::ops::health::{AcceptWatch, Health};
 use crate::ops::lifecycle::{Drain, Lifecycle, StopSource};
@@ -36,15 +35,15 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener could not be bound.
-    #[error("pools.{pool}.listen: cannot listen on {addr}: {source}")]
+    #[error("pools.{pool}.listen: cannot listen on {addr}")]
     Bind {
         /// The pool.
         pool: String,
         /// The address.
-        addr: SocketAddr,
+        addr: ListenAddr,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: BindError,
     },
     /// A pool's TLS settings could not be loaded.
     #[error("pools.{pool}.tls: {source}")]
@@ -83,14 +82,13 @@ pub async fn run(config: Config, ops: Ops) -> Result<(), ServerError> {
     let (stop_accepting, stop_rx) = watch::channel(false);
     let mut served = Vec::new();
     for (name, pool) in &config.pools {
-        let listener =
-            TcpListener::bind(pool.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    pool: name.clone(),
-                    addr: pool.listen,
-                    source,
-                })?;
+        let listener = Listener::bind(&pool.listen, pool.listen_mode)
+            .await
+            .map_err(|source| ServerError::Bind {
+                pool: name.clone(),
+                addr: pool.listen.clone(),
+                source,
+            })?;
         let log_limit = Arc::new(LogLimiter::default());
         let core = CoreShared {
             ops: Arc::new(PoolOps::default()),
@@ -190,7 +188,7 @@ fn spawn_signal_handlers(
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     served: Arc<ServedPool>,
     watch: Option<Arc<AcceptWatch>>,
     mut stop: watch::Receiver<bool>,
@@ -201,7 +199,7 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+            Ok(stream) => stream,
             Err(err) => {
                 if let Some(w) = &watch {
                     w.failed();
@@ -215,7 +213,7 @@ async fn accept_loop(
         if let Some(w) = &watch {
             w.succeeded();
         }
-        if let Err(err) = configure_client_socket(&stream) {
+        if let Err(err) = stream.configure() {
             tracing::debug!(error = %err, "could not set client socket options");
         }
         let svc = served.current();

@@ -15,9 +15,10 @@ use super::raw::{
     RawAdmin, RawLog, RawPool, RawRoot, RawRuntime, RawShutdown, RawUser, ENV_ORIGIN,
 };
 use super::{
-    defaults, AdminConfig, ClientAuthMethod, Config, Limits, LogConfig, LogFormat, PoolConfig,
-    PoolSizes, Problem, Problems, Protocol, RuntimeConfig, Secret, ServerAddr, ServerRole,
-    ShutdownConfig, Timeouts, TlsMode, TlsSettings, UserConfig,
+    defaults, parse_file_mode, AdminConfig, ClientAuthMethod, Config, Limits, ListenAddr,
+    ListenAddrError, LogConfig, LogFormat, PoolConfig, PoolSizes, Problem, Problems, Protocol,
+    RuntimeConfig, Secret, ServerAddr, ServerRole, ShutdownConfig, Timeouts, TlsMode, TlsSettings,
+    UserConfig,
 };
 
 const PASSWORD_KEYS: [&str; 3] = ["password", "password_env", "password_file"];
@@ -340,12 +341,19 @@ fn build_pool(
     let timeouts = build_timeouts(c, name, &raw);
 
     let listen = match raw.listen.as_deref() {
-        Some(text) => parse_listen(c, &key("listen"), text),
+        Some(text) => text.parse().unwrap_or_else(|err: ListenAddrError| {
+            c.add(key("listen"), err.to_string());
+            ListenAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        }),
         None => {
-            c.add(key("listen"), "required, e.g. \"127.0.0.1:6432\"");
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+            c.add(
+                key("listen"),
+                "required, e.g. \"127.0.0.1:6432\" or \"unix:/run/suture/.s.PGSQL.6432\"",
+            );
+            ListenAddr::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         }
     };
+    let listen_mode = build_listen_mode(c, name, &listen, raw.listen_mode.clone());
     let servers = build_servers(c, &key("servers"), raw.servers);
 
     let tls = TlsSettings {
@@ -371,10 +379,12 @@ fn build_pool(
             ),
         );
     }
-    if client_auth == ClientAuthMethod::Trust && !listen.ip().is_loopback() {
+    if client_auth == ClientAuthMethod::Trust && !listen.is_host_local() {
         c.add(
             key("client_auth"),
-            format!("\"trust\" is only allowed on a loopback listen address, not {listen}"),
+            format!(
+                "\"trust\" is only allowed on a loopback or unix: listen address, not {listen}"
+            ),
         );
     }
     if raw.database.as_deref() == Some("") {
@@ -423,6 +433,7 @@ fn build_pool(
         name: name.to_owned(),
         protocol,
         listen,
+        listen_mode,
         servers,
         tls,
         sizes,
@@ -432,6 +443,31 @@ fn build_pool(
         role: raw.role.unwrap_or(ServerRole::Primary),
         database: raw.database,
         users,
+    }
+}
+
+/// `listen_mode`: octal, only for a Unix-socket listener (`pools.NAME.listen_mode`).
+fn build_listen_mode(c: &mut Checker, pool: &str, listen: &ListenAddr, raw: Option<String>) -> u32 {
+    let key = format!("pools.{pool}.listen_mode");
+    let Some(text) = raw else {
+        return defaults::LISTEN_MODE;
+    };
+    let listen_key = format!("pools.{pool}.listen");
+    let listen_bad = c.problems.iter().any(|p| p.key == listen_key);
+    match listen {
+        // A listen value that did not parse was reported already.
+        ListenAddr::Tcp(_) if listen_bad => defaults::LISTEN_MODE,
+        ListenAddr::Tcp(_) => {
+            c.add(
+                key,
+                "only applies to a unix: listen address (the socket file's permissions)",
+            );
+            defaults::LISTEN_MODE
+        }
+        ListenAddr::Unix(_) => parse_file_mode(&text).unwrap_or_else(|err| {
+            c.add(key, err);
+            defaults::LISTEN_MODE
+        }),
     }
 }
 
@@ -694,19 +730,19 @@ fn check_listen_conflicts(
     admin: &AdminConfig,
     pools: &BTreeMap<String, PoolConfig>,
 ) {
-    let mut seen: HashMap<SocketAddr, String> = HashMap::new();
+    let mut seen: HashMap<ListenAddr, String> = HashMap::new();
     if admin.listen.port() != 0 {
-        seen.insert(admin.listen, "admin.listen".to_owned());
+        seen.insert(ListenAddr::Tcp(admin.listen), "admin.listen".to_owned());
     }
     for pool in pools.values() {
-        if pool.listen.port() == 0 {
+        if pool.listen.tcp().is_some_and(|addr| addr.port() == 0) {
             continue;
         }
         let key = format!("pools.{}.listen", pool.name);
         match seen.get(&pool.listen) {
             Some(other) => c.add(&key, format!("{} is already used by {other}", pool.listen)),
             None => {
-                seen.insert(pool.listen, key);
+                seen.insert(pool.listen.clone(), key);
             }
         }
     }

@@ -102,6 +102,8 @@ pub(super) struct RawRuntime {
 pub(super) struct RawPool {
     pub(super) protocol: Option<Protocol>,
     pub(super) listen: Option<String>,
+    /// Octal, as a string: `"0660"`.
+    pub(super) listen_mode: Option<String>,
     /// A TOML array, or a comma-separated string (handy in an environment override).
     #[serde(default, deserialize_with = "string_or_list")]
     pub(super) servers: Option<Vec<String>>,

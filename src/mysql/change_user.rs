@@ -21,7 +21,7 @@ pub(crate) async fn serve(hooks: &MyHooks<'_>, io: LocalIo<'_, MyManager, MyBook
     let svc = hooks.svc;
     let config = &svc.core.config;
     let write_limit = config.timeouts.client_write;
-    let peer = io.client_read.peer_addr().ok().map(|addr| addr.ip());
+    let peer = io.client_read.peer().ip();
     let settings = LoginSettings::new(config, peer);
     let current = hooks.login().clone();
     let payload = io.request.get(HEADER_LEN..).unwrap_or_default();

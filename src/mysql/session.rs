@@ -6,19 +6,19 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use crate::mysql::client_login::{self, ClientLogin, LoginSettings};
 use crate::mysql::context::MyService;
 use crate::mysql::errors::{ClientError, MyNotice};
 use crate::mysql::hooks::MyHooks;
 use crate::mysql::manager::{MyKey, SHAPE_CAPABILITIES};
+use crate::net::client_socket::ClientSocket;
 use crate::session::command_phase;
 use crate::wire;
 
 /// Serves one client connection until it ends. Never panics on client input; every error is
 /// reported to the client where the protocol allows and logged.
-pub(crate) async fn serve(svc: Arc<MyService>, mut stream: TcpStream, client_id: u64) {
+pub(crate) async fn serve(svc: Arc<MyService>, mut stream: ClientSocket, client_id: u64) {
     let write_limit = svc.core.config.timeouts.client_write;
     let greeting = match svc.greeting().await {
         Ok(greeting) => greeting,
@@ -42,8 +42,8 @@ pub(crate) async fn serve(svc: Arc<MyService>, mut stream: TcpStream, client_id:
             return;
         }
     };
-    let peer = stream.peer_addr().ok().map(|addr| addr.ip());
-    let settings = LoginSettings::new(&svc.core.config, peer);
+    let peer = stream.peer();
+    let settings = LoginSettings::new(&svc.core.config, peer.ip());
     let mut buf = BytesMut::with_capacity(1024);
     let login = tokio::time::timeout(
         svc.core.config.timeouts.client_login,
@@ -70,7 +70,7 @@ pub(crate) async fn serve(svc: Arc<MyService>, mut stream: TcpStream, client_id:
         return;
     }
     count("accepted");
-    tracing::debug!(client = client_id, user = %login.user, database = ?login.database, backend_id = conn.connection_id, backend = %conn.addr, "session started");
+    tracing::debug!(client = client_id, peer = %peer, user = %login.user, database = ?login.database, backend_id = conn.connection_id, backend = %conn.addr, "session started");
     let hooks = MyHooks::new(&svc, login);
     command_phase::run(hooks, stream, buf, checkout, client_id).await;
 }
@@ -93,7 +93,7 @@ fn count(result: &'static str) {
 
 /// A client over `max_client_connections` gets what a server over `max_connections` sends:
 /// ERR 1040 instead of the greeting. Logged, rate-limited.
-pub(crate) async fn refuse_at_cap(svc: Arc<MyService>, mut stream: TcpStream) {
+pub(crate) async fn refuse_at_cap(svc: Arc<MyService>, mut stream: ClientSocket) {
     count("rejected");
     if let Some(suppressed) = svc.core.log_limit.allow("rejected") {
         tracing::info!(pool = %svc.core.config.name, limit = svc.core.config.sizes.max_client_connections, suppressed, "client refused: too many connections (max_client_connections)");
@@ -104,11 +104,11 @@ pub(crate) async fn refuse_at_cap(svc: Arc<MyService>, mut stream: TcpStream) {
 /// Tells the client why it cannot be served (a failed authentication only after
 /// `auth_failure_delay`), counts and logs it, rate-limited per cause. `seq` is the sequence id
 /// the ERR gets when the error does not fix one.
-async fn fail(svc: &MyService, stream: &mut TcpStream, err: ClientError, seq: Option<u8>) {
+async fn fail(svc: &MyService, stream: &mut ClientSocket, err: ClientError, seq: Option<u8>) {
     let label = err.metrics_label();
     count(label);
     if let Some(suppressed) = svc.core.log_limit.allow(label) {
-        tracing::info!(pool = %svc.core.config.name, error = %err, suppressed, "client refused");
+        tracing::info!(pool = %svc.core.config.name, peer = %stream.peer(), error = %err, suppressed, "client refused");
     }
     if err.is_auth_failure() {
         tokio::time::sleep(svc.core.config.timeouts.auth_failure_delay).await;

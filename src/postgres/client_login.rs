@@ -8,9 +8,9 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use suture_protocol::pg::{self, StartupMessage, StartupRequest};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::config::ClientAuthMethod;
+use crate::net::client_socket::ClientSocket;
 use crate::peer_text;
 use crate::postgres::cancel;
 use crate::postgres::client_auth::{self, ScramExchange, ScramKeys, SCRAM_SHA_256};
@@ -52,7 +52,7 @@ const MAX_STARTUP_PACKET: usize = 10_000;
 /// deadline). Bytes the client sent after its last login message stay in `buf`.
 pub(crate) async fn login(
     svc: &Arc<PgService>,
-    stream: &mut TcpStream,
+    stream: &mut ClientSocket,
     buf: &mut BytesMut,
 ) -> Result<LoginOutcome, ClientError> {
     let Some(startup) = read_startup(svc, stream, buf).await? else {
@@ -67,7 +67,7 @@ pub(crate) async fn login(
 /// 'N'; a CancelRequest is routed and gives `None`.
 pub(crate) async fn read_startup(
     svc: &PgService,
-    stream: &mut TcpStream,
+    stream: &mut ClientSocket,
     buf: &mut BytesMut,
 ) -> Result<Option<StartupMessage>, ClientError> {
     let mut negotiated = Negotiated::default();
@@ -220,7 +220,7 @@ fn options_settings(options: &str) -> Result<Vec<(String, String)>, ClientError>
 /// (the session sends it with the rest of the login reply, in one write).
 async fn authenticate(
     svc: &Arc<PgService>,
-    stream: &mut TcpStream,
+    stream: &mut ClientSocket,
     buf: &mut BytesMut,
     user: &str,
 ) -> Result<(), ClientError> {
@@ -285,7 +285,7 @@ fn scram_error(err: client_auth::ScramError) -> ClientError {
 
 /// Reads the client's next message, which must be a PasswordMessage / SASL response ('p').
 async fn read_password_message(
-    stream: &mut TcpStream,
+    stream: &mut ClientSocket,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<pg::Message, ClientError> {

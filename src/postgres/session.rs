@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use suture_protocol::pg::{self, TxStatus};
-use tokio::net::TcpStream;
 
+use crate::net::client_socket::ClientSocket;
 use crate::pool::Checkout;
 use crate::postgres::backend::{BackendConn, RunError};
 use crate::postgres::book::Tracker;
@@ -26,7 +26,7 @@ use crate::session::ledger::TxState;
 /// Serves one client connection until it ends. Never panics on client input; every error is
 /// reported to the client where the protocol allows and logged. `client_id` names the session
 /// in logs.
-pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream, client_id: u64) {
+pub(crate) async fn serve(svc: Arc<PgService>, mut stream: ClientSocket, client_id: u64) {
     let mut buf = BytesMut::with_capacity(1024);
     let login_limit = svc.core.config.timeouts.client_login;
     let login = match tokio::time::timeout(
@@ -69,7 +69,7 @@ pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream, client_id:
         return;
     }
     metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "accepted").increment(1);
-    tracing::debug!(client = client_id, user = %login.user, database = %login.database, backend_id = conn.process_id, "session started");
+    tracing::debug!(client = client_id, peer = %stream.peer(), user = %login.user, database = %login.database, backend_id = conn.process_id, "session started");
     let hooks = PgHooks {
         svc: &svc,
         login: &login,
@@ -83,7 +83,7 @@ pub(crate) async fn serve(svc: Arc<PgService>, mut stream: TcpStream, client_id:
 /// negotiation libpq starts with (so it reads "sorry, too many clients already", not an error
 /// during the SSL exchange), FATAL 53300. A cancel it carries is still routed. Bounded by the
 /// client-login deadline; logged, rate-limited.
-pub(crate) async fn refuse_at_cap(svc: Arc<PgService>, mut stream: TcpStream) {
+pub(crate) async fn refuse_at_cap(svc: Arc<PgService>, mut stream: ClientSocket) {
     metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => "rejected")
         .increment(1);
     if let Some(suppressed) = svc.core.log_limit.allow("rejected") {
@@ -107,12 +107,12 @@ pub(crate) async fn refuse_at_cap(svc: Arc<PgService>, mut stream: TcpStream) {
 /// Tells the client why it cannot be served, counts and logs it (rate-limited per cause: a
 /// client can fail logins at will), and lets the connection close. A failed authentication is
 /// answered only after `auth_failure_delay`.
-async fn fail(svc: &PgService, stream: &mut TcpStream, err: ClientError) {
+async fn fail(svc: &PgService, stream: &mut ClientSocket, err: ClientError) {
     let label = err.metrics_label();
     metrics::counter!("suture_client_connections_total", "protocol" => "postgres", "result" => label)
         .increment(1);
     if let Some(suppressed) = svc.core.log_limit.allow(label) {
-        tracing::info!(pool = %svc.core.config.name, error = %err, suppressed, "client refused");
+        tracing::info!(pool = %svc.core.config.name, peer = %stream.peer(), error = %err, suppressed, "client refused");
     }
     if matches!(err, ClientError::AuthFailed(_)) {
         tokio::time::sleep(svc.core.config.timeouts.auth_failure_delay).await;

@@ -7,10 +7,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 use crate::heal::RefusalReason;
+use crate::net::client_socket::{ClientRead, ClientSocket, ClientWrite};
 use crate::ops::pool_state::EventKind;
 use crate::pool::{Checkout, Manager, PoolError};
 use crate::session::deadlines::BackendWatch;
@@ -25,8 +24,8 @@ use crate::wire::{self, WireError};
 /// One session's command phase.
 pub(crate) struct CommandPhase<H: Hooks> {
     pub(crate) hooks: H,
-    pub(crate) client_read: OwnedReadHalf,
-    pub(crate) client_write: OwnedWriteHalf,
+    pub(crate) client_read: ClientRead,
+    pub(crate) client_write: ClientWrite,
     /// Client bytes not yet sent to a backend.
     pub(crate) cbuf: BytesMut,
     /// The framing of the client's stream, which outlives backends.
@@ -61,7 +60,7 @@ pub(crate) enum Next {
 /// then releases the backend.
 pub(crate) async fn run<H: Hooks>(
     hooks: H,
-    stream: TcpStream,
+    stream: ClientSocket,
     cbuf: BytesMut,
     checkout: Checkout<H::Manager>,
     client_id: u64,

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use suture_protocol::ProtocolError;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::heal::{After, Answer, RefusalReason};
+use crate::net::client_socket::{ClientRead, ClientWrite};
 use crate::pool::{Checkout, Manager, PoolError};
 use crate::session::core::Core;
 use crate::session::framing::{BackendFramer, ClientFramer};
@@ -48,11 +48,11 @@ pub(crate) enum AbortedEnd {
 
 /// The client side of a session while it is served without a backend.
 pub(crate) struct LostIo<'a, B: Book> {
-    pub(crate) client_read: &'a mut OwnedReadHalf,
+    pub(crate) client_read: &'a mut ClientRead,
     /// Client bytes read and not yet handled; what is left after the transaction ended is
     /// served by the next backend.
     pub(crate) cbuf: &'a mut BytesMut,
-    pub(crate) client_write: &'a mut OwnedWriteHalf,
+    pub(crate) client_write: &'a mut ClientWrite,
     pub(crate) shared: &'a Shared<B>,
     pub(crate) max_message_size: usize,
     pub(crate) write_limit: Duration,
@@ -63,8 +63,8 @@ pub(crate) struct LostIo<'a, B: Book> {
 pub(crate) struct LocalIo<'a, M: Manager, B: Book> {
     /// The whole request, header included; it never went to a backend nor into the ledger.
     pub(crate) request: &'a [u8],
-    pub(crate) client_read: &'a mut OwnedReadHalf,
-    pub(crate) client_write: &'a mut OwnedWriteHalf,
+    pub(crate) client_read: &'a mut ClientRead,
+    pub(crate) client_write: &'a mut ClientWrite,
     /// Client bytes read and not yet handled.
     pub(crate) cbuf: &'a mut BytesMut,
     pub(crate) checkout: &'a mut Checkout<M>,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The operations checks of issue 11 that are not Rust tests: the alerting rules (promtool
 # check rules / test rules), the Kubernetes manifests (kubernetes-validate --strict, on the
-# plain files and, where kubectl or kustomize is installed, on the kustomize build), a
+# plain files and, where kubectl or kustomize is installed, on the kustomize builds of the base
+# and of the unix-socket overlay), a
 # /metrics page of a real Suture (promtool check metrics), the metrics the dashboard and the
 # rules query against what Suture exports, the sample configurations (suture check-config),
 # the compose trial's Prometheus configuration and every path and port docker/ names
@@ -50,26 +51,34 @@ run promtool test rules deploy/prometheus/suture-rules_test.yaml
 # its shape.
 run kubernetes-validate --strict deploy/base/configmap.yaml deploy/base/secret.yaml \
     deploy/base/deployment.yaml deploy/base/podmonitor.yaml
-built=""
-if command -v kustomize >/dev/null 2>&1 && kustomize build deploy/base >"$work/built.yaml" 2>/dev/null; then
-    built=kustomize
-elif command -v kubectl >/dev/null 2>&1 && kubectl kustomize deploy/base >"$work/built.yaml" 2>/dev/null; then
-    built="kubectl kustomize"
-fi
-if [ -n "$built" ]; then
-    echo "check.sh: built deploy/base with $built"
-    run kubernetes-validate --strict "$work/built.yaml"
-else
-    echo "check.sh: NOTE: neither kustomize nor kubectl here; the plain files were validated, not the kustomize build"
-fi
+# The base and the unix-socket overlay (its patches are partial objects: only the build can be
+# validated).
+for kdir in deploy/base deploy/overlays/unix-socket; do
+    out="$work/built-$(basename "$kdir").yaml"
+    built=""
+    if command -v kustomize >/dev/null 2>&1 && kustomize build "$kdir" >"$out" 2>/dev/null; then
+        built=kustomize
+    elif command -v kubectl >/dev/null 2>&1 && kubectl kustomize "$kdir" >"$out" 2>/dev/null; then
+        built="kubectl kustomize"
+    fi
+    if [ -n "$built" ]; then
+        echo "check.sh: built $kdir with $built"
+        run kubernetes-validate --strict "$out"
+    else
+        echo "check.sh: NOTE: neither kustomize nor kubectl here (or the build of $kdir failed); its kustomize build was not validated"
+    fi
+done
 
 # The sample configurations load.
 python3 - "$work" <<'PY'
 import sys, yaml
 cm = yaml.safe_load(open("deploy/base/configmap.yaml"))
 open(sys.argv[1] + "/deploy-suture.toml", "w").write(cm["data"]["suture.toml"])
+cm = yaml.safe_load(open("deploy/overlays/unix-socket/configmap-patch.yaml"))
+open(sys.argv[1] + "/deploy-unix-suture.toml", "w").write(cm["data"]["suture.toml"])
 PY
 run env APP_DB_PASSWORD=x "$bin" check-config --config "$work/deploy-suture.toml"
+run env APP_DB_PASSWORD=x "$bin" check-config --config "$work/deploy-unix-suture.toml"
 run env APP_DB_PASSWORD=x "$bin" check-config --config docker/suture.toml
 run env APP_DB_PASSWORD=x "$bin" check-config --config suture.example.toml
 

@@ -7,6 +7,8 @@ usage: check_files.py METRICS_PAGE
   (METRICS_PAGE is a /metrics page of a freshly started Suture, where every series exists);
 - the dashboard has a `pool` variable and the panels issue 11 lists;
 - the PodMonitor and the Deployment agree on the admin port name and the pod labels;
+- the unix-socket overlay: its files exist, one volume is mounted by Suture and the application
+  at the same place, and the socket Suture listens on is the one the application's DSN names;
 - docker/compose.yaml parses, every file it mounts or builds from exists, and its ports agree
   with docker/suture.toml and docker/prometheus.yml; the Grafana provisioning points at the
   dashboard's mount.
@@ -125,6 +127,8 @@ def main():
     endpoints = podmon["spec"]["podMetricsEndpoints"]
     check(all(e["port"] in port_names and e["path"] == "/metrics" for e in endpoints), "PodMonitor scrapes suture-admin /metrics")
 
+    check_unix_overlay()
+
     docker = os.path.join(ROOT, "docker")
     compose = yaml.safe_load(open(os.path.join(docker, "compose.yaml")))
     services = compose["services"]
@@ -164,6 +168,42 @@ def main():
 
     print(f"{len(failures)} failed")
     return 1 if failures else 0
+
+
+def check_unix_overlay():
+    overlay = os.path.join(ROOT, "deploy/overlays/unix-socket")
+    kustomization = yaml.safe_load(open(os.path.join(overlay, "kustomization.yaml")))
+    for res in kustomization["resources"]:
+        check(os.path.exists(os.path.join(overlay, res)), f"overlay resource {res} exists")
+    for patch in kustomization["patches"]:
+        check(os.path.exists(os.path.join(overlay, patch["path"])), f"overlay patch {patch['path']} exists")
+    pod = yaml.safe_load(open(os.path.join(overlay, "deployment-patch.yaml")))["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    sidecar = pod["initContainers"][0]
+    app = pod["containers"][0]
+    def mounts(container):
+        return {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+    shared = [n for n, v in volumes.items() if "emptyDir" in v]
+    check(len(shared) == 1, "the overlay adds one emptyDir volume")
+    name = shared[0] if shared else None
+    where = mounts(sidecar).get(name)
+    check(where is not None and mounts(app).get(name) == where,
+          f"Suture and the application mount {name} at the same path ({where})")
+    toml = yaml.safe_load(open(os.path.join(overlay, "configmap-patch.yaml")))["data"]["suture.toml"]
+    listen = re.search(r'\[pools\.app\][^\[]*?listen = "unix:([^"]+)"', toml)
+    check(listen is not None, "the overlay's pool listens on a unix: path")
+    if listen is None or where is None:
+        return
+    socket = listen.group(1)
+    check(os.path.dirname(socket) == where, f"the socket {socket} is in the shared volume {where}")
+    env = {e["name"]: e.get("value", "") for e in app["env"]}
+    dsn = env.get("DATABASE_URL", "")
+    m = re.search(r"[?&]host=([^&]+)&port=(\d+)", dsn)
+    check(m is not None and os.path.join(m.group(1), f".s.PGSQL.{m.group(2)}") == socket,
+          f"the application's DSN ({dsn}) names the socket {socket}")
+    names = [e["name"] for e in app["env"]]
+    check("DB_PASSWORD" in names and names.index("DB_PASSWORD") < names.index("DATABASE_URL"),
+          "DB_PASSWORD comes before DATABASE_URL, which refers to it")
 
 
 if __name__ == "__main__":

@@ -16,13 +16,31 @@ use super::pg_server::PgServer;
 pub(crate) struct SutureProc {
     child: Child,
     dir: TempDir,
-    listen_port: u16,
+    listen: Listening,
     admin_port: Option<u16>,
+}
+
+/// Where the first pool listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Listening {
+    /// A TCP port on 127.0.0.1.
+    Tcp(u16),
+    /// `listen = "unix:PATH"`.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listening::Tcp(port) => write!(f, "port {port}"),
+            Listening::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 impl SutureProc {
     /// Writes `config_toml` to a file, starts the binary and waits until the
-    /// first pool's listen port accepts TCP connections.
+    /// first pool's listener (a TCP port or a Unix socket) accepts connections.
     pub(crate) async fn start(config_toml: &str) -> anyhow::Result<SutureProc> {
         let (proc, _) = Self::start_with(config_toml, None, false).await?;
         Ok(proc)
@@ -36,8 +54,8 @@ impl SutureProc {
         rust_log: Option<&str>,
         piped_stderr: bool,
     ) -> anyhow::Result<(SutureProc, Option<std::process::ChildStderr>)> {
-        let listen_port = first_pool_listen_port(config_toml)
-            .context("config has no [pools.*] listen = \"host:port\"")?;
+        let listen = first_pool_listen(config_toml)
+            .context("config has no [pools.*] listen = \"host:port\" or \"unix:PATH\"")?;
         let dir = tempfile::Builder::new().prefix("suture-proc-").tempdir()?;
         let config_path = dir.path().join("suture.toml");
         std::fs::write(&config_path, config_toml)?;
@@ -64,7 +82,7 @@ impl SutureProc {
         let mut proc = SutureProc {
             child,
             dir,
-            listen_port,
+            listen,
             admin_port: admin_listen_port(config_toml),
         };
         proc.wait_listening(Duration::from_secs(10)).await?;
@@ -77,20 +95,23 @@ impl SutureProc {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "suture exited ({status}) before listening on {}; log:\n{}",
-                    self.listen_port,
+                    self.listen,
                     self.log_contents()
                 );
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.listen_port))
-                .await
-                .is_ok()
-            {
+            let up = match &self.listen {
+                Listening::Tcp(port) => tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                    .await
+                    .is_ok(),
+                Listening::Unix(path) => tokio::net::UnixStream::connect(path).await.is_ok(),
+            };
+            if up {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 bail!(
                     "suture did not listen on {} within {limit:?}; log:\n{}",
-                    self.listen_port,
+                    self.listen,
                     self.log_contents()
                 );
             }
@@ -100,7 +121,61 @@ impl SutureProc {
 
     /// The first pool's listen port.
     pub(crate) fn port(&self) -> u16 {
-        self.listen_port
+        match &self.listen {
+            Listening::Tcp(port) => *port,
+            Listening::Unix(path) => {
+                panic!("the first pool listens on {}, not a port", path.display())
+            }
+        }
+    }
+
+    /// The first pool's Unix socket (`listen = "unix:PATH"`).
+    pub(crate) fn socket_path(&self) -> PathBuf {
+        match &self.listen {
+            Listening::Unix(path) => path.clone(),
+            Listening::Tcp(port) => panic!("the first pool listens on port {port}"),
+        }
+    }
+
+    /// Runs the binary with `config_toml` until it exits by itself (a start that must
+    /// fail), killing it after `limit`; its exit code and its log.
+    pub(crate) async fn run_to_exit(
+        config_toml: &str,
+        limit: Duration,
+    ) -> anyhow::Result<(Option<i32>, String)> {
+        let dir = tempfile::Builder::new().prefix("suture-proc-").tempdir()?;
+        let config_path = dir.path().join("suture.toml");
+        std::fs::write(&config_path, config_toml)?;
+        let log_path = dir.path().join("suture.log");
+        let log = File::create(&log_path)?;
+        let mut child = Command::new(suture_binary())
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning the suture binary")?;
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "suture still running after {limit:?}; log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Ok((
+            status.code(),
+            std::fs::read_to_string(&log_path).unwrap_or_default(),
+        ))
     }
 
     /// The admin port (`[admin] listen`).
@@ -212,8 +287,9 @@ fn admin_listen_port(config: &str) -> Option<u16> {
     None
 }
 
-/// Finds `listen = "...:PORT"` inside the first `[pools.*]` section.
-fn first_pool_listen_port(config: &str) -> Option<u16> {
+/// Finds `listen = "...:PORT"` or `listen = "unix:PATH"` inside the first `[pools.*]`
+/// section.
+fn first_pool_listen(config: &str) -> Option<Listening> {
     let mut in_pool = false;
     for line in config.lines() {
         let line = line.trim();
@@ -230,7 +306,10 @@ fn first_pool_listen_port(config: &str) -> Option<u16> {
         };
         if key.trim() == "listen" {
             let value = value.split('#').next()?.trim().trim_matches('"');
-            return value.rsplit_once(':')?.1.parse().ok();
+            if let Some(path) = value.strip_prefix("unix:") {
+                return Some(Listening::Unix(PathBuf::from(path)));
+            }
+            return value.rsplit_once(':')?.1.parse().ok().map(Listening::Tcp);
         }
     }
     None
