@@ -219,10 +219,14 @@ fn end_or_continue(tracker: &mut Tracker, piece: &[u8], first: bool, ends: Optio
     }
 }
 
-/// SQL text as the classifiers read it: UTF-8 as it is; anything else with the bytes that are
-/// not UTF-8 replaced (the words they look for are ASCII).
+/// SQL text as the classifiers read it: UTF-8 as it is (borrowed, checked with the fast
+/// validator once); anything else with the bytes that are not UTF-8 replaced (the words they
+/// look for are ASCII), which is the only case that allocates.
 fn text_of(raw: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(raw)
+    match std::str::from_utf8(raw) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(String::from_utf8_lossy(raw).into_owned()),
+    }
 }
 
 fn note_parse(body: &[u8], message: &[u8], tracker: &mut Tracker) {
@@ -251,9 +255,8 @@ fn note_parse(body: &[u8], message: &[u8], tracker: &mut Tracker) {
 }
 
 fn note_query(body: &[u8], message: &[u8], tracker: &mut Tracker) {
-    let raw = pg::parse_query_raw(body).ok();
-    let utf8 = raw.is_some_and(|r| std::str::from_utf8(r).is_ok());
-    let text = raw.map(text_of);
+    let text = pg::parse_query_raw(body).ok().map(text_of);
+    let utf8 = matches!(text, Some(Cow::Borrowed(_)));
     let statement = text.as_deref().map(Statement::new);
     let statement = statement.as_ref();
     let mut op = text.as_deref().and_then(classify);
