@@ -198,7 +198,9 @@ async def open_and_query(proto, port, n, concurrency):
 # as Suture's delay; these minimal logins cost a few HMACs. PostgreSQL: StartupMessage, then
 # SCRAM-SHA-256 with the salted password cached per (salt, iterations) (Suture's salt is fixed
 # per user); MySQL: the greeting, then mysql_native_password or caching_sha2_password.
-# Each returns "connected" or the error code the server side sent.
+# Each returns ("connected", "") or the error code and message the server side sent; the
+# perf_counter() time the client sent its last login message is kept in `sent`, so the time a
+# refused client then waited (for a backend, in the checkout queue) can be told apart.
 
 _SALTED = {}
 
@@ -220,14 +222,23 @@ async def _pg_read(reader):
     return head[:1], await reader.readexactly(length - 4)
 
 
-def _pg_error_code(body):
-    for field in body.split(b"\0"):
-        if field[:1] == b"C":
-            return field[1:].decode()
-    return "no-sqlstate"
+def _pg_error(body):
+    """(SQLSTATE, message) of an ErrorResponse body."""
+    fields = {f[:1]: f[1:].decode(errors="replace") for f in body.split(b"\0") if f}
+    return fields.get(b"C", "no-sqlstate"), fields.get(b"M", "")
 
 
-async def pg_attempt(port):
+def _my_error(pkt, after_handshake):
+    """(error number, message) of an ERR packet; '#' and the SQLSTATE follow the number once
+    the client has said it speaks protocol 4.1."""
+    code = str(struct.unpack("<H", pkt[1:3])[0])
+    rest = pkt[3:]
+    if after_handshake and rest[:1] == b"#":
+        rest = rest[6:]
+    return code, rest.decode(errors="replace")
+
+
+async def pg_attempt(port, sent):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         params = f"user\0{USER}\0database\0{DATABASE}\0\0".encode()
@@ -239,9 +250,9 @@ async def pg_attempt(port):
         while True:
             tag, body = await _pg_read(reader)
             if tag == b"E":
-                return _pg_error_code(body)
+                return _pg_error(body)
             if tag == b"Z":
-                return "connected"
+                return "connected", ""
             if tag != b"R":
                 continue
             (kind,) = struct.unpack("!i", body[:4])
@@ -259,8 +270,9 @@ async def pg_attempt(port):
                 sig = hmac.digest(stored, auth_message, "sha256")
                 proof = bytes(a ^ b for a, b in zip(client_key, sig))
                 writer.write(_pg_msg(b"p", f"{final_bare},p={base64.b64encode(proof).decode()}".encode()))
+                sent.append(time.perf_counter())
             elif kind not in (0, 12):
-                return f"auth-{kind}"
+                return f"auth-{kind}", ""
     finally:
         writer.close()
 
@@ -299,12 +311,12 @@ def _my_client_shape():
     return caps, charset_by_name(DEFAULT_CHARSET).id
 
 
-async def my_attempt(port):
+async def my_attempt(port, sent):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         seq, pkt = await _my_read(reader)
         if pkt[:1] == b"\xff":
-            return str(struct.unpack("<H", pkt[1:3])[0])
+            return _my_error(pkt, False)
         # Protocol 10 greeting: version, connection id, scramble part 1, caps, ..., part 2, plugin.
         end = pkt.index(b"\0", 1)
         pos = end + 1 + 4
@@ -323,18 +335,20 @@ async def my_attempt(port):
                    + b"\0" + bytes((len(auth),)) + auth + DATABASE.encode() + b"\0"
                    + plugin.encode() + b"\0" + b"\0")
         _my_write(writer, seq + 1, payload)
+        sent.append(time.perf_counter())
         while True:
             seq, pkt = await _my_read(reader)
             first = pkt[:1]
             if first == b"\x00":
-                return "connected"
+                return "connected", ""
             if first == b"\xff":
-                return str(struct.unpack("<H", pkt[1:3])[0])
+                return _my_error(pkt, True)
             if first == b"\xfe":  # auth switch: plugin name, new scramble
                 name, rest = pkt[1:].split(b"\0", 1)
                 _my_write(writer, seq + 1, _my_scramble(name.decode(), rest.rstrip(b"\0")))
+                sent.append(time.perf_counter())
             elif first == b"\x01" and pkt[1:2] == b"\x04":
-                return "full-auth-needed"
+                return "full-auth-needed", ""
     finally:
         writer.close()
 
@@ -454,27 +468,38 @@ async def cmd_burst(args):
         before = memory(args.pid)
         sampler = Sampler(args.pid, 0.05)
         sampler.start()
-        gate = asyncio.Semaphore(args.concurrency)
-        results = []
-
-        login = pg_attempt if args.proto == "postgres" else my_attempt
-
-        async def attempt():
-            async with gate:
-                t0 = time.perf_counter()
-                try:
-                    code = await asyncio.wait_for(login(args.port), args.attempt_timeout)
-                    results.append((code, "", time.perf_counter() - t0))
-                except Exception as err:  # noqa: BLE001 - the failure is the measurement
-                    results.append((type(err).__name__, str(err)[:120],
-                                    time.perf_counter() - t0))
-
+        # The attempts come from --procs processes (uvloop when installed), so the clients'
+        # own work spreads over the CPUs instead of queueing in one event loop. Several rounds
+        # show whether memory the first one left behind is reused or grows.
+        results, rounds, windows = [], [], []
         cpu0 = cpu_seconds(args.pid)
-        t_start = time.time()
-        await asyncio.gather(*(attempt() for _ in range(args.n)))
-        t_end = time.time()
+        for rnd in range(args.rounds):
+            start_at = time.time() + 1.0
+            shares = [args.n // args.procs + (1 if i < args.n % args.procs else 0)
+                      for i in range(args.procs)]
+            outs = [f"{args.json}.attempts{i}" for i in range(args.procs)]
+            workers = [subprocess.Popen(
+                [sys.executable, __file__, "attempts", "--proto", args.proto,
+                 "--port", str(args.port), "--n", str(k), "--concurrency", str(args.concurrency),
+                 "--timeout", str(args.attempt_timeout), "--start-at", str(start_at),
+                 "--out", out]) for k, out in zip(shares, outs)]
+            while time.time() < start_at:
+                await asyncio.sleep(0.01)
+            t_start = time.time()
+            while any(w.poll() is None for w in workers):
+                await asyncio.sleep(0.01)
+            t_end = time.time()
+            windows.append((t_start, t_end))
+            for out in outs:
+                with open(out, encoding="utf-8") as fh:
+                    results += [tuple(r) for r in json.load(fh)]
+                os.unlink(out)
+            await asyncio.sleep(args.after)
+            peak = max((r for t, r in sampler.samples if t >= t_start and r is not None),
+                       default=None)
+            rounds.append({"burst_secs": t_end - t_start, "peak_rss_kib": peak,
+                           "after_rss_kib": memory(args.pid)["rss_kib"]})
         cpu1 = cpu_seconds(args.pid)
-        await asyncio.sleep(args.after)
         sampler.halt.set()
         sampler.join()
         after = memory(args.pid)
@@ -487,23 +512,31 @@ async def cmd_burst(args):
     await asyncio.gather(*(c.close() for c in holders))
 
     lat, steady_errors = read_steady(args.steady_out)
-    before_lat = [l for t, l in lat if t_start - args.before <= t < t_start]
-    during_lat = [l for t, l in lat if t_start <= t <= t_end]
-    after_lat = [l for t, l in lat if t_end < t]
+    first = windows[0][0]
+    before_lat = [l for t, l in lat if first - args.before <= t < first]
+    during_lat = [l for t, l in lat if any(a <= t <= b for a, b in windows)]
+    after_lat = [l for t, l in lat if t > windows[-1][1]]
     by_code = {}
-    for code, text, secs in results:
+    for code, text, secs, waited in results:
         entry = by_code.setdefault(code, {"count": 0, "times": [], "messages": {}})
         entry["count"] += 1
         entry["times"].append(secs)
-        entry["messages"][text] = entry["messages"].get(text, 0) + 1
+        m = entry["messages"].setdefault(text, {"times": [], "waits": []})
+        m["times"].append(secs)
+        if waited is not None:
+            m["waits"].append(waited)
     codes = {code: {"count": e["count"], "time_s": summary(e["times"]),
-                    "messages": e["messages"]} for code, e in by_code.items()}
+                    "messages": {t: {**summary(m["times"]),
+                                     "after_login_s": summary(m["waits"])}
+                                 for t, m in e["messages"].items()}}
+             for code, e in by_code.items()}
     expected = "53300" if args.proto == "postgres" else "1040"
-    err_times = [secs for code, _, secs in results if code == expected]
+    err_times = [secs for code, _, secs, _ in results if code == expected]
     peak = max((r for _, r in sampler.samples if r is not None), default=None)
     doc = {
         "phase": "burst", "proto": args.proto, "attempts": args.n, "holders": args.holders,
-        "concurrency": args.concurrency, "burst_secs": t_end - t_start,
+        "concurrency": args.concurrency, "procs": args.procs, "rounds": rounds,
+        "burst_secs": windows[0][1] - windows[0][0],
         "suture_cpu_s": cpu1 - cpu0, "expected_code": expected,
         "expected_errors": len(err_times), "time_to_error_s": summary(err_times),
         "codes": codes,
@@ -519,8 +552,39 @@ async def cmd_burst(args):
     write_json(args.json, doc)
     print(f"burst {args.proto}: {len(err_times)}/{args.n} got {expected} "
           f"(p99 {pct(err_times, 99)}, max {max(err_times, default=None)}) in "
-          f"{t_end - t_start:.2f}s; codes {[(k, v['count']) for k, v in codes.items()]}",
+          f"{windows[0][1] - windows[0][0]:.2f}s; codes {[(k, v['count']) for k, v in codes.items()]}",
           file=sys.stderr, flush=True)
+
+
+def cmd_attempts(args):
+    """Part of a burst: n logins at once (at most --concurrency in flight) from --start-at;
+    writes [code, message, seconds, seconds after the last login message] per attempt."""
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    login = pg_attempt if args.proto == "postgres" else my_attempt
+
+    async def run():
+        gate = asyncio.Semaphore(args.concurrency)
+        results = []
+
+        async def attempt():
+            async with gate:
+                t0, sent = time.perf_counter(), []
+                try:
+                    code, text = await asyncio.wait_for(login(args.port, sent), args.timeout)
+                except Exception as err:  # noqa: BLE001 - the failure is the measurement
+                    code, text = type(err).__name__, str(err)
+                t1 = time.perf_counter()
+                results.append((code, text[:120], t1 - t0, t1 - sent[-1] if sent else None))
+
+        await asyncio.sleep(max(0.0, args.start_at - time.time()))
+        await asyncio.gather(*(attempt() for _ in range(args.n)))
+        return results
+
+    write_json(args.out, asyncio.run(run()))
 
 
 # ------------------------------------------------------------------ pools
@@ -545,7 +609,11 @@ def cmd_pools(args):
     ports = [int(p) for p in args.ports.split(",")]
     with open(args.log, "w", encoding="utf-8") as log:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([args.bin, "--config", args.config], stdout=log, stderr=log)
+        env = dict(os.environ)
+        if env.get("LD_PRELOAD_SUTURE"):
+            env["LD_PRELOAD"] = env["LD_PRELOAD_SUTURE"]
+        proc = subprocess.Popen([args.bin, "--config", args.config], stdout=log, stderr=log,
+                                env=env)
         pending, startup_at, all_at = set(ports), None, None
         try:
             while time.perf_counter() - t0 < args.timeout and (pending or startup_at is None):
@@ -698,16 +766,25 @@ def cmd_report(args):
     for key, d in docs.items():
         if d.get("phase") == "burst":
             t = d["time_to_error_s"]
-            row(f"burst of {d['attempts']:,} attempts, pool held by {d['holders'] + 1}",
-                d["proto"], f"{d['expected_errors']:,} got {d['expected_code']}",
-                f"all {d['attempts']:,}", d["expected_errors"] == d["attempts"])
+            total = d["attempts"] * len(d.get("rounds", [1]))
+            row(f"burst of {d['attempts']:,} attempts ×{len(d.get('rounds', [1]))}, pool held by "
+                f"{d['holders'] + 1}", d["proto"], f"{d['expected_errors']:,} got {d['expected_code']}",
+                f"all {total:,}", d["expected_errors"] == total)
+            for text, m in d["codes"].get(d["expected_code"], {}).get("messages", {}).items():
+                row(f"  {m['n']:,} × “{text[:58]}”", d["proto"],
+                    f"p99 {fmt(ms(m, 'p99'))} / max {fmt(ms(m, 'max'))} ms", "from connect")
+                w = m.get("after_login_s", {})
+                if w.get("n"):
+                    row("    of which after the login's last message", d["proto"],
+                        f"p99 {fmt(ms(w, 'p99'))} / max {fmt(ms(w, 'max'))} ms",
+                        f"≈ checkout_timeout {args.checkout_timeout}",
+                        w["max"] <= args.checkout_timeout_s + 0.25)
             others = {k: v["count"] for k, v in d["codes"].items() if k != d["expected_code"]}
             if others:
                 row("  other outcomes", d["proto"], json.dumps(others))
-            row("  time to the error p99 / max", d["proto"],
+            row("  time to the error, all, p99 / max", d["proto"],
                 f"{fmt(ms(t, 'p99'))} / {fmt(ms(t, 'max'))} ms",
-                f"≤ checkout_timeout {args.checkout_timeout}",
-                t.get("max") is not None and t["max"] <= args.checkout_timeout_s)
+                f"≤ checkout_timeout {args.checkout_timeout} + login")
             s = d["steady_latency_s"]
             row("  connected client SELECT 1 p50 before / during", d["proto"],
                 f"{fmt(ms(s['before'], 'p50'))} / {fmt(ms(s['during'], 'p50'))} ms")
@@ -718,6 +795,9 @@ def cmd_report(args):
             row("  Suture RSS before / peak / after", d["proto"],
                 f"{fmt(r['before'])} / {fmt(r['peak'])} / {fmt(r['after'])} KiB",
                 f"after ≈ before ({d['after_wait_s']} s later)")
+            for i, rd in enumerate(d.get("rounds", [])):
+                row(f"  round {i + 1} of {d['attempts']:,}: RSS peak / after", d["proto"],
+                    f"{fmt(rd['peak_rss_kib'])} / {fmt(rd['after_rss_kib'])} KiB")
     for key, d in docs.items():
         if d.get("phase") == "pools":
             row(f"{d['pools']} pools: start → all listening", "both",
@@ -736,6 +816,13 @@ def cmd_report(args):
                 f"first at ≥{d['warmup']} s")
             row("  RSS slope", "+".join(d["targets"]),
                 fmt(d["slope_kib_per_min"], " KiB/min"))
+    meta = docs.get("meta")
+    if meta:
+        print(f"{meta['suture']} (commit {meta['commit']}"
+              f"{', uncommitted changes' if meta['uncommitted_changes'] else ''}), "
+              f"{meta['cpu']} x{meta['nproc']}, {meta['mem_gib']} GiB, {meta['kernel']}; "
+              f"PostgreSQL {meta['postgres']}, MariaDB {meta['mariadb']}"
+              f"{'; LD_PRELOAD ' + meta['preload'] if meta.get('preload') else ''}")
     w = [max(len(r[i]) for r in rows + [("what", "protocol", "value", "target", "")])
          for i in range(5)]
     line = lambda r: "  ".join(str(c).ljust(w[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
@@ -775,6 +862,16 @@ def main():
     p.add_argument("--attempt-timeout", type=float, default=60)
     p.add_argument("--steady-out", required=True)
     p.add_argument("--json", required=True)
+    p.add_argument("--procs", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p = sub.add_parser("attempts")
+    p.add_argument("--proto", required=True, choices=("postgres", "mysql"))
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--concurrency", type=int, default=100000)
+    p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--start-at", type=float, required=True)
+    p.add_argument("--out", required=True)
     p = sub.add_parser("pools")
     p.add_argument("--bin", required=True)
     p.add_argument("--config", required=True)
@@ -802,6 +899,8 @@ def main():
     args = ap.parse_args()
     if args.cmd == "pools":
         cmd_pools(args)
+    elif args.cmd == "attempts":
+        cmd_attempts(args)
     elif args.cmd == "report":
         cmd_report(args)
     else:

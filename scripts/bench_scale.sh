@@ -53,6 +53,8 @@
 #   SCALE_SOAK_RECONNECT   probability that a client logs in again after a query [0.02]
 #   SCALE_OUT              merged JSON                                       [target/bench/scale.json]
 #   SUTURE_BIN             use this Suture binary instead of building         [unset]
+#   SCALE_PRELOAD          a library to LD_PRELOAD into Suture, e.g. the system's libjemalloc,
+#                          to see how much of what a burst leaves behind is the allocator's [unset]
 #   SCALE_KEEP             1: keep the work directory (logs, configs, per-phase JSON) [0]
 #
 # Quick trial:
@@ -90,6 +92,7 @@ SOAK_RECONNECT=${SCALE_SOAK_RECONNECT:-0.02}
 OUT=${SCALE_OUT:-target/bench/scale.json}
 SUTURE_BIN=${SUTURE_BIN:-}
 KEEP=${SCALE_KEEP:-0}
+PRELOAD=${SCALE_PRELOAD:-}
 DRIVER="$ROOT/scripts/bench_scale.py"
 
 log() { printf '%s bench-scale: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -226,7 +229,7 @@ start_suture() {
     local config=$1 logf=$2 port=$3 i
     "$WORK/suture" check-config -c "$config" >"$logf.check" 2>&1 ||
         { cat "$logf.check" >&2; die "config $config is invalid"; }
-    "$WORK/suture" --config "$config" >"$logf" 2>&1 &
+    env ${PRELOAD:+LD_PRELOAD="$PRELOAD"} "$WORK/suture" --config "$config" >"$logf" 2>&1 &
     SUTURE_PID=$!
     suture_pids+=("$SUTURE_PID")
     for i in $(seq 100); do
@@ -306,7 +309,7 @@ phase_pools() {
     "$WORK/suture" check-config -c "$config" >"$WORK/pools.check" 2>&1 ||
         { cat "$WORK/pools.check" >&2; die "the $POOLS-pool config is invalid"; }
     log "pools: $POOLS pools ($PROTOCOLS) in one process"
-    python3 "$DRIVER" pools --bin "$WORK/suture" --config "$config" \
+    LD_PRELOAD_SUTURE="$PRELOAD" python3 "$DRIVER" pools --bin "$WORK/suture" --config "$config" \
         --ports "$(IFS=,; echo "${ports[*]}")" --admin "$ADMIN_PORT" \
         --log "$WORK/suture-pools.log" --json "$WORK/json/pools.json"
 }
@@ -351,6 +354,7 @@ json.dump({
               "checkout_timeout": "$CHECKOUT_TIMEOUT", "pools": $POOLS,
               "soak_secs": $SOAK_SECS, "soak_clients": $SOAK_CLIENTS},
     "open_file_limit": "$(ulimit -n)",
+    "preload": "$PRELOAD",
 }, open(sys.argv[1], "w"), indent=1)
 PY
 }
