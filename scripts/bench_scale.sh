@@ -116,6 +116,8 @@ install_deps() {
         python3 -m pip install -q asyncpg aiomysql ||
             python3 -m pip install -q --break-system-packages asyncpg aiomysql
     fi
+    # Optional: a faster event loop for the burst's attempt processes.
+    python3 -c 'import uvloop' 2>/dev/null || python3 -m pip install -q uvloop 2>/dev/null || true
     if [ -z "$SUTURE_BIN" ]; then
         log "building Suture (release)"
         cargo build --release -q --bin suture
