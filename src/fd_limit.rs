@@ -85,7 +85,7 @@ pub fn log(limit: &FdLimit, needed: u64) {
         tracing::warn!(
             open_files = %show(limit.now),
             needed,
-            "the open-file limit is below what the configured pools could need (every pool's max_client_connections + max_size, plus {RESERVED}); clients beyond it are refused by the kernel's accept; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=, a container's nofile ulimit)"
+            "the open-file limit is below what the configured pools could need (every pool's max_client_connections + max_size, plus {RESERVED}); past it, accepting fails (EMFILE) and new clients wait in the listen queue; raise the hard limit (ulimit -Hn, systemd LimitNOFILE=, a container's nofile ulimit)"
         );
     }
 }
