@@ -1,6 +1,7 @@
 //! Suture: a sidecar proxy that heals broken database connections.
 pub mod admin;
 pub mod config;
+pub mod fd_limit;
 mod heal;
 mod liveness;
 mod log_limit;

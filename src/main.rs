@@ -132,6 +132,8 @@ fn run(path: &Path) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "starting suture"
     );
+    let fds = suture::fd_limit::raise();
+    suture::fd_limit::log(&fds, suture::fd_limit::needed(&config));
     let prometheus =
         suture::ops::series::install().context("cannot install the metrics recorder")?;
     suture::ops::series::register_zeros(&config);

@@ -55,9 +55,13 @@ impl Service {
 
     /// Serves one client connection until it ends.
     pub(crate) async fn serve(self, stream: ClientSocket, client_id: u64) {
+        // Each protocol's session future is boxed: inline, every client's task would be as
+        // large as the larger of the two (kilobytes apart) whichever protocol it speaks.
         match self {
-            Service::Postgres(svc) => crate::postgres::serve(svc, stream, client_id).await,
-            Service::Mysql(svc) => crate::mysql::serve(svc, stream, client_id).await,
+            Service::Postgres(svc) => {
+                Box::pin(crate::postgres::serve(svc, stream, client_id)).await
+            }
+            Service::Mysql(svc) => Box::pin(crate::mysql::serve(svc, stream, client_id)).await,
         }
     }
 

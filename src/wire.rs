@@ -10,8 +10,10 @@ use bytes::BytesMut;
 use suture_protocol::ProtocolError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// How much a read buffer grows by at least, per read.
-pub(crate) const READ_CHUNK: usize = 8 * 1024;
+/// How much a read buffer grows by at least, per read. Login and reset messages are small, and
+/// the buffers read into here become the session's (a client's, a backend's): kept small, they
+/// cost an idle session little (DESIGN §10); a larger message grows the buffer as it arrives.
+pub(crate) const READ_CHUNK: usize = 1024;
 
 /// Why reading or writing a message failed.
 #[derive(Debug, thiserror::Error)]

@@ -125,7 +125,8 @@ impl MyService {
     pub(crate) async fn greeting(&self) -> Result<Greeting, MyBackendError> {
         let mut greeting = match self.greeting.get() {
             Some(greeting) => greeting,
-            None => self.learn_greeting().await?,
+            // Boxed: a login future is kilobytes, and every session awaits this one.
+            None => Box::pin(self.learn_greeting()).await?,
         };
         greeting.connection_id = self.greeting.connection_id();
         Ok(greeting)

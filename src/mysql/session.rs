@@ -65,7 +65,10 @@ pub(crate) async fn serve(svc: Arc<MyService>, mut stream: ClientSocket, client_
     let conn = checkout.conn();
     let mut out = BytesMut::with_capacity(64);
     client_login::encode_login_ok(&login, conn.state.status, &mut out);
-    if let Err(err) = wire::write_all(&mut stream, &out, write_limit).await {
+    let written = wire::write_all(&mut stream, &out, write_limit).await;
+    // Not kept for the whole session.
+    drop(out);
+    if let Err(err) = written {
         tracing::debug!(error = %err, "client left during login");
         return;
     }

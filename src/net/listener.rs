@@ -17,9 +17,8 @@ use tokio::net::{TcpListener, UnixListener};
 
 use crate::config::ListenAddr;
 use crate::net::client_socket::ClientSocket;
+use crate::net::socket::{bind_client_listener, LISTEN_BACKLOG};
 
-/// Connections waiting to be accepted (what tokio's own `bind` uses).
-const BACKLOG: i32 = 1024;
 /// How long the check of an existing socket file waits for its listener to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -67,7 +66,7 @@ impl Listener {
     /// Binds `addr`; a Unix socket file gets `mode`.
     pub(crate) async fn bind(addr: &ListenAddr, mode: u32) -> Result<Listener, BindError> {
         match addr {
-            ListenAddr::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(addr).await?)),
+            ListenAddr::Tcp(addr) => Ok(Listener::Tcp(bind_client_listener(*addr)?)),
             ListenAddr::Unix(path) => {
                 clear_stale(path).await?;
                 let (listener, file) = bind_unix(path, mode)?;
@@ -145,7 +144,7 @@ fn bind_unix(path: &Path, mode: u32) -> Result<(UnixListener, SocketFile), BindE
     let file = SocketFile::of(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|source| BindError::Mode { mode, source })?;
-    socket.listen(BACKLOG)?;
+    socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;
     let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(socket))?;
     Ok((listener, file))

@@ -8,11 +8,14 @@
 //! was written is still unsent, not only once a third of a (possibly many-MiB, autotuned) send
 //! buffer is free. Write timeouts measure progress, so a peer that reads slowly but steadily
 //! must be seen to make it (DESIGN §6).
+//!
+//! Client listeners get a listen backlog of thousands, not the 128 of `TcpListener::bind`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Default idle time before the first keepalive probe (`keepalive_idle`).
 pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
@@ -72,6 +75,24 @@ pub fn configure_backend_socket(stream: &TcpStream, opts: &SocketOptions) -> std
     set_notsent_lowat(&sock)
 }
 
+/// Listen backlog of client listeners; the kernel caps it at `net.core.somaxconn` (4096 by
+/// default since Linux 5.4).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a client listener (`SO_REUSEADDR`, non-blocking) with a backlog of
+/// [`LISTEN_BACKLOG`]. With tokio's 128, a burst of connection attempts overflows the accept
+/// queue while the event loop is busy: the kernel drops SYNs (clients retry after 1 s, 3 s,
+/// ...), or with SYN cookies the handshake's last ACK, and a MySQL client, which waits for the
+/// server to speak first, then waits until its own timeout.
+pub fn bind_client_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// `TCP_NODELAY` (replies to clients are already batched by the proxy) and
 /// `TCP_NOTSENT_LOWAT`.
 pub fn configure_client_socket(stream: &TcpStream) -> std::io::Result<()> {
@@ -93,6 +114,32 @@ fn set_notsent_lowat(_sock: &SockRef<'_>) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn client_listener_queues_more_than_128_connections() -> std::io::Result<()> {
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(128);
+        if somaxconn < 512 {
+            return Ok(()); // the kernel would cap the backlog anyway
+        }
+        let listener = bind_client_listener("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+        let addr = listener.local_addr()?;
+        // Nothing accepts: every connection waits in the queue, and none may be dropped
+        // (a dropped SYN would be retried only after a second).
+        let mut queued = Vec::new();
+        for _ in 0..300 {
+            let connect = TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                Ok(stream) => queued.push(stream?),
+                Err(_) => panic!("connection {} was not queued", queued.len() + 1),
+            }
+        }
+        let (accepted, _) = listener.accept().await?;
+        assert_eq!(accepted.local_addr()?, addr);
+        Ok(())
+    }
 
     #[tokio::test]
     async fn backend_options_are_set() -> std::io::Result<()> {

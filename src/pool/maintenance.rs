@@ -65,7 +65,7 @@ impl<M: Manager> Pool<M> {
                     return;
                 }
                 let limit = pool.settings().checkout_timeout;
-                match tokio::time::timeout(limit, pool.inner.manager.connect(&key)).await {
+                match pool.connect_within(&key, limit).await {
                     Ok(Ok(conn)) => {
                         let pooled = pool.fresh(conn);
                         sub.idle().insert(0, pooled);

@@ -280,6 +280,19 @@ impl<M: Manager> Pool<M> {
         stats
     }
 
+    /// Opens a backend connection for `key` within `limit`. The manager's login (DNS, TCP,
+    /// TLS, authentication) is a future of kilobytes: boxed, so the futures that may await it
+    /// do not carry it inline, above all every session's, for as long as the session lives,
+    /// since a heal or a rotation opens a backend (DESIGN §10: an idle client costs at most
+    /// 16 KiB).
+    async fn connect_within(
+        &self,
+        key: &M::Key,
+        limit: Duration,
+    ) -> Result<Result<M::Conn, M::Error>, tokio::time::error::Elapsed> {
+        tokio::time::timeout(limit, Box::pin(self.inner.manager.connect(key))).await
+    }
+
     /// Opens one connection for `key` at start, so a pool with warm spares has logged in
     /// before its first client; the sub-pool is created (and topped up to `min_idle`) only if
     /// that works. Connection-level failures are retried with backoff (up to 30 s apart)
@@ -289,7 +302,7 @@ impl<M: Manager> Pool<M> {
         let mut pause = Duration::from_millis(250);
         loop {
             let limit = self.settings().checkout_timeout;
-            match tokio::time::timeout(limit, self.inner.manager.connect(key)).await {
+            match self.connect_within(key, limit).await {
                 Ok(Ok(conn)) => {
                     let pooled = self.fresh(conn);
                     let sub = self.subpool(key);
@@ -376,7 +389,7 @@ impl<M: Manager> Pool<M> {
         if settings.failover_hold.is_zero() {
             let limit = settings.checkout_timeout;
             let remaining = limit.saturating_sub(started.elapsed());
-            return match tokio::time::timeout(remaining, self.inner.manager.connect(key)).await {
+            return match self.connect_within(key, remaining).await {
                 Ok(Ok(conn)) => Ok(self.fresh(conn)),
                 Ok(Err(err)) => Err(PoolError::Connect(err)),
                 Err(_) => Err(PoolError::ConnectTimeout(limit)),
@@ -435,7 +448,7 @@ impl<M: Manager> Pool<M> {
         loop {
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, self.inner.manager.connect(key)).await {
+            match self.connect_within(key, remaining).await {
                 Ok(Ok(conn)) => {
                     if held.is_some() {
                         tracing::info!(pool = %self.inner.name, ?key, attempts, waited = ?started.elapsed(), "backend reachable again; held request released");

@@ -62,9 +62,10 @@ pub(crate) async fn serve(svc: Arc<PgService>, mut stream: ClientSocket, client_
         Ok(reply) => reply,
         Err(err) => return fail(&svc, &mut stream, ClientError::from(err)).await,
     };
-    if let Err(err) =
-        wire::write_all(&mut stream, &reply, svc.core.config.timeouts.client_write).await
-    {
+    let written = wire::write_all(&mut stream, &reply, svc.core.config.timeouts.client_write).await;
+    // Not kept for the whole session.
+    drop(reply);
+    if let Err(err) = written {
         tracing::debug!(error = %err, "client left during login");
         return;
     }

@@ -32,12 +32,16 @@ const MAX_HELD_BATCH: usize = 1024 * 1024;
 const PRE_WRITE_CHECK_AFTER: Duration = Duration::from_millis(100);
 /// How often the pre-write check lets the backend direction read what is waiting.
 const PRE_WRITE_YIELDS: usize = 4;
-/// Reads ask for at least this much room in the client buffer.
-const CLIENT_READ_CHUNK: usize = 8 * 1024;
+/// Reads from the client ask for this much room at first and when requests are small: an idle
+/// session keeps its buffers, and at 1 KiB they stay within the 16 KiB an idle client may cost
+/// (DESIGN §10); a buffer of 8 KiB costs a whole page of memory for the few bytes read into it.
+const CLIENT_READ_MIN: usize = 1024;
+/// ... and up to this much while large requests (COPY FROM, big parameters) stream in.
+const CLIENT_READ_MAX: usize = 64 * 1024;
 /// An empty client buffer larger than this is given back (after a large message).
 const CLIENT_BUFFER_KEEP: usize = 64 * 1024;
 /// Reads from the backend ask for this much room at first and when replies are small.
-const BACKEND_READ_MIN: usize = 8 * 1024;
+const BACKEND_READ_MIN: usize = 1024;
 /// ... and up to this much while a large result streams (fewer, larger reads and writes).
 const BACKEND_READ_MAX: usize = 256 * 1024;
 
@@ -112,6 +116,7 @@ pub(crate) struct ClientStream<F> {
     pub(crate) discard: usize,
     /// This session's share of the memory budget for client buffers.
     reservation: Reservation,
+    read_size: ReadSize,
 }
 
 impl<F> ClientStream<F> {
@@ -124,6 +129,7 @@ impl<F> ClientStream<F> {
             base: 0,
             discard: 0,
             reservation: Reservation::new(budget),
+            read_size: ReadSize::new(CLIENT_READ_MIN, CLIENT_READ_MAX),
         }
     }
 
@@ -180,7 +186,7 @@ impl<F> BackendStream<F> {
         BackendStream {
             framer,
             pending: 0,
-            read_size: ReadSize::default(),
+            read_size: ReadSize::new(BACKEND_READ_MIN, BACKEND_READ_MAX),
         }
     }
 
@@ -274,7 +280,8 @@ where
             let arriving = cbuf.len() - stream.scanned;
             return RelayEnd::OverBudget(arriving);
         }
-        cbuf.reserve(CLIENT_READ_CHUNK);
+        cbuf.reserve(stream.read_size.size);
+        let room = cbuf.capacity() - cbuf.len();
         // Reading is the one point where nothing of ours is half done: read_buf is cancel-safe
         // and nothing is held for the backend. Rotation and the health check happen only here.
         let read = if !deadlines.any() || stream.scanned != 0 {
@@ -304,7 +311,7 @@ where
         }
         match read {
             Ok(0) => return RelayEnd::ClientGone(WireError::Closed),
-            Ok(_) => {}
+            Ok(n) => stream.read_size.record(n, room),
             Err(err) => return RelayEnd::ClientGone(WireError::Io(err)),
         }
     }
@@ -472,23 +479,25 @@ where
     Ok(())
 }
 
-/// How much room the next backend read gets: it doubles while reads fill the buffer (a large
-/// result streaming) and halves back when replies are small, so an idle session holds a small
-/// buffer and a streaming one makes few system calls.
+/// How much room the next read of one direction gets: it doubles while reads fill the buffer
+/// (a large result or request streaming) and halves back when messages are small, so an idle
+/// session holds small buffers and a streaming one makes few system calls.
 #[derive(Debug)]
 struct ReadSize {
     size: usize,
-}
-
-impl Default for ReadSize {
-    fn default() -> Self {
-        ReadSize {
-            size: BACKEND_READ_MIN,
-        }
-    }
+    min: usize,
+    max: usize,
 }
 
 impl ReadSize {
+    fn new(min: usize, max: usize) -> ReadSize {
+        ReadSize {
+            size: min,
+            min,
+            max,
+        }
+    }
+
     /// Makes room in `buf` for the next read, giving back a large allocation once the buffer is
     /// empty and reads are small again.
     fn prepare(&self, buf: &mut BytesMut) {
@@ -501,9 +510,9 @@ impl ReadSize {
     /// A read returned `n` bytes into `room` bytes of space.
     fn record(&mut self, n: usize, room: usize) {
         if n >= room {
-            self.size = (self.size * 2).min(BACKEND_READ_MAX);
+            self.size = (self.size * 2).min(self.max);
         } else if n < self.size / 4 {
-            self.size = (self.size / 2).max(BACKEND_READ_MIN);
+            self.size = (self.size / 2).max(self.min);
         }
     }
 }
