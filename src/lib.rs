@@ -3,6 +3,7 @@ pub mod admin;
 pub mod config;
 pub mod fd_limit;
 mod heal;
+mod io_delegate;
 mod liveness;
 mod log_limit;
 pub mod logging;

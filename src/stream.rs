@@ -1,14 +1,12 @@
 //! The two halves of a backend socket, plain TCP or TLS, so a session can read and write them
 //! from two concurrent futures. Protocol-agnostic: PostgreSQL and MySQL backends both use it.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+use crate::io_delegate::{delegate_async_read, delegate_async_write};
 
 /// Reading half of a backend connection.
 pub(crate) enum StreamRead {
@@ -38,42 +36,5 @@ pub(crate) fn split_tls(stream: TlsStream<TcpStream>) -> (StreamRead, StreamWrit
     (StreamRead::Tls(r), StreamWrite::Tls(w))
 }
 
-impl AsyncRead for StreamRead {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            StreamRead::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            StreamRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for StreamWrite {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            StreamWrite::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            StreamWrite::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            StreamWrite::Plain(s) => Pin::new(s).poll_flush(cx),
-            StreamWrite::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            StreamWrite::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            StreamWrite::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+delegate_async_read!(StreamRead { Plain, Tls });
+delegate_async_write!(StreamWrite { Plain, Tls });

@@ -11,12 +11,10 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
+use crate::io_delegate::{delegate_async_read, delegate_async_write};
 use crate::net::socket::configure_client_socket;
 
 /// A client connection as accepted.
@@ -114,84 +112,10 @@ impl ClientRead {
     }
 }
 
-impl AsyncRead for ClientSocket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientSocket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientSocket::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncRead for ClientRead {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientRead::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientRead::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-/// `AsyncWrite` by delegation to whichever stream a variant holds.
-macro_rules! delegate_write {
-    ($ty:ident) => {
-        impl AsyncWrite for $ty {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                match self.get_mut() {
-                    $ty::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-                    $ty::Unix(s) => Pin::new(s).poll_write(cx, buf),
-                }
-            }
-
-            fn poll_write_vectored(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                bufs: &[io::IoSlice<'_>],
-            ) -> Poll<io::Result<usize>> {
-                match self.get_mut() {
-                    $ty::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-                    $ty::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-                }
-            }
-
-            fn is_write_vectored(&self) -> bool {
-                match self {
-                    $ty::Tcp(s) => s.is_write_vectored(),
-                    $ty::Unix(s) => s.is_write_vectored(),
-                }
-            }
-
-            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    $ty::Tcp(s) => Pin::new(s).poll_flush(cx),
-                    $ty::Unix(s) => Pin::new(s).poll_flush(cx),
-                }
-            }
-
-            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    $ty::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-                    $ty::Unix(s) => Pin::new(s).poll_shutdown(cx),
-                }
-            }
-        }
-    };
-}
-
-delegate_write!(ClientSocket);
-delegate_write!(ClientWrite);
+delegate_async_read!(ClientSocket { Tcp, Unix });
+delegate_async_read!(ClientRead { Tcp, Unix });
+delegate_async_write!(ClientSocket { Tcp, Unix });
+delegate_async_write!(ClientWrite { Tcp, Unix });
 
 #[cfg(test)]
 mod tests {
