@@ -50,7 +50,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd)
-# as_pg, free_port.
+# as_pg, free_port, wait_port.
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
@@ -109,17 +109,6 @@ install_deps() {
     fi
 }
 
-# Waits up to 10 s for 127.0.0.1:$1 to accept connections.
-wait_port() {
-    local _
-    for _ in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # User plus system CPU time of a process, in clock ticks.

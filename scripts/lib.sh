@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shell helpers shared by quickstart.sh, bench.sh and the driver suite; sourced, not run.
+# Shell helpers shared by quickstart.sh, the bench and profile scripts and the driver suite;
+# sourced, not run.
 
 # Runs a command as the postgres OS user when we are root (initdb and postgres refuse root).
 as_pg() {
@@ -24,4 +25,17 @@ free_port() {
             return
         fi
     done
+}
+
+# Waits until 127.0.0.1:$1 accepts connections, for at most $2 tenths of a second (default
+# 100, 10 s); non-zero when it never did.
+wait_port() {
+    local _
+    for _ in $(seq 1 "${2:-100}"); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
 }

@@ -26,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
-# as_pg, free_port.
+# as_pg, free_port, wait_port.
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
@@ -71,14 +71,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_port() {
-    local _
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 pg_port=$(free_port)
@@ -220,10 +212,7 @@ callgrind_of() {
         "$work/suture" --config "$work/cg.toml" >"$work/cg.log" 2>&1 &
     pid=$!
     pids+=("$pid")
-    for _ in $(seq 1 300); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_port "$port" 300 || { cat "$work/cg.log" >&2; return 1; }
     # Two counted runs, of N/5 and N transactions per client, each with its own logins (the
     # SCRAM key derivations of new clients and backends would swamp a round trip): the
     # difference is what N - N/5 round trips cost. callgrind_control's requests are seen when
