@@ -792,9 +792,12 @@ def cmd_report(args):
                 f"{fmt(ms(s['before'], 'p99'))} / {fmt(ms(s['during'], 'p99'))} ms",
                 f"{d['steady_errors']} errors")
             r = d["rss_kib"]
+            # Back to baseline: at least 90 % of what the burst added is given back.
+            returned = (None if None in (r["before"], r["peak"], r["after"])
+                        else r["after"] - r["before"] <= 0.1 * max(0, r["peak"] - r["before"]))
             row("  Suture RSS before / peak / after", d["proto"],
                 f"{fmt(r['before'])} / {fmt(r['peak'])} / {fmt(r['after'])} KiB",
-                f"after ≈ before ({d['after_wait_s']} s later)")
+                f"≥ 90 % of the rise returned {d['after_wait_s']} s later", returned)
             for i, rd in enumerate(d.get("rounds", [])):
                 row(f"  round {i + 1} of {d['attempts']:,}: RSS peak / after", d["proto"],
                     f"{fmt(rd['peak_rss_kib'])} / {fmt(rd['after_rss_kib'])} KiB")

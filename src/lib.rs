@@ -7,6 +7,7 @@ mod io_delegate;
 mod liveness;
 mod log_limit;
 pub mod logging;
+mod memory_return;
 mod mysql;
 pub mod net;
 pub mod ops;

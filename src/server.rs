@@ -15,6 +15,7 @@ use crate::admin::status::PoolSource;
 use crate::admin::AdminState;
 use crate::config::{Config, ListenAddr, Protocol, ShutdownConfig};
 use crate::log_limit::LogLimiter;
+use crate::memory_return::CLIENTS;
 use crate::mysql::{GreetingCell, MyService, MyShared};
 use crate::net::dns::Resolver;
 use crate::net::listener::{BindError, Listener};
@@ -144,6 +145,7 @@ pub async fn run(config: Config, ops: Ops) -> Result<(), ServerError> {
     );
     ops.health.beat();
     tokio::spawn(Arc::clone(&ops.health).heartbeat());
+    crate::memory_return::spawn_trimmer();
     ops.health.set_listeners_up();
     spawn_signal_handlers(&ops, config, served.clone())?;
 
@@ -217,8 +219,12 @@ async fn accept_loop(
             tracing::debug!(error = %err, "could not set client socket options");
         }
         let svc = served.current();
+        let mark = CLIENTS.enter();
         let Ok(permit) = Arc::clone(&served.slots).try_acquire_owned() else {
-            tokio::spawn(svc.refuse_at_cap(stream));
+            tokio::spawn(async move {
+                svc.refuse_at_cap(stream).await;
+                drop(mark);
+            });
             continue;
         };
         let client_id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
@@ -228,6 +234,7 @@ async fn accept_loop(
             svc.serve(stream, client_id).await;
             metrics::gauge!("suture_client_connections", "protocol" => protocol).decrement(1.0);
             drop(permit);
+            drop(mark);
         });
     }
     if let Some(w) = &watch {
