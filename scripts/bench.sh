@@ -50,7 +50,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd)
-# as_pg, free_port, wait_port.
+# as_pg, free_port, wait_port, pg_scratch_start, pgbouncer_*.
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 
@@ -85,23 +85,7 @@ install_deps() {
     if ! command -v cargo >/dev/null 2>&1; then
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
-    if ! command -v pgbouncer >/dev/null 2>&1; then
-        log "installing pgbouncer (its system service is not started; we run our own instances)"
-        export DEBIAN_FRONTEND=noninteractive
-        # A policy-rc.d that says no keeps the package's service from starting on install.
-        local policy=/usr/sbin/policy-rc.d made_policy=0
-        if [ ! -e "$policy" ]; then
-            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
-        fi
-        local rc=0
-        apt-get install -y -q --no-install-recommends pgbouncer >/dev/null ||
-            { apt-get update -q && apt-get install -y -q --no-install-recommends pgbouncer; } ||
-            rc=$?
-        if [ "$made_policy" = 1 ]; then
-            rm -f "$policy"
-        fi
-        [ "$rc" -eq 0 ] || die "could not install pgbouncer"
-    fi
+    pgbouncer_install || die "could not install pgbouncer"
     if ! python3 -c 'import psycopg2' 2>/dev/null; then
         log "installing psycopg2-binary (idle-connection test)"
         python3 -m pip install -q psycopg2-binary ||
@@ -152,8 +136,8 @@ cleanup() {
     for pid in "${bg_pids[@]}"; do
         wait "$pid" 2>/dev/null
     done
-    if [ -n "$work" ] && [ -f "$work/data/postmaster.pid" ]; then
-        as_pg "$pg_bin/pg_ctl" -D "$work/data" -m immediate -w stop >/dev/null 2>&1
+    if [ -n "$work" ]; then
+        pg_scratch_stop "$pg_bin" "$work"
     fi
     if [ -n "$work" ]; then
         if [ "$status" -ne 0 ] && [ "$status" -ne 130 ] && [ "$status" -ne 143 ]; then
@@ -173,88 +157,29 @@ cleanup() {
 }
 
 start_postgres() {
-    pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    pg_bin=$(pg_bin_dir)
     pg_port=$(free_port)
     # PgBouncer's pool, Suture's TCP pool and its Unix-socket pool, the idle test, a margin.
     local max_conn=$(( IDLE_CLIENTS + 3 * POOL_SIZE + 100 ))
     [ "$max_conn" -lt 200 ] && max_conn=200
     log "initdb in $work/data (PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}'), port $pg_port, max_connections $max_conn)"
-    as_pg "$pg_bin/initdb" -D "$work/data" -U postgres --auth-local=trust \
-        --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync >"$work/initdb.log"
-    cat >>"$work/data/postgresql.conf" <<CONF
-port = $pg_port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work'
-password_encryption = 'scram-sha-256'
-shared_buffers = 128MB
-max_connections = $max_conn
-# Not a durability benchmark: no fsync, so the disk does not dominate TPC-B.
-fsync = off
-log_min_messages = warning
-CONF
-    as_pg "$pg_bin/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w -t 60 start >/dev/null
-    as_pg "$pg_bin/psql" -X -q -h "$work" -p "$pg_port" -U postgres -d postgres \
-        -v ON_ERROR_STOP=1 \
-        -c "CREATE ROLE app LOGIN PASSWORD 'app-secret'" \
-        -c "CREATE DATABASE app OWNER app"
+    pg_scratch_start "$pg_bin" "$work" "$pg_port" "$max_conn" || die "PostgreSQL did not start"
     log "pgbench -i -s $SCALE"
     as_pg "$pg_bin/pgbench" -h "$work" -p "$pg_port" -U app -i -s "$SCALE" -q app \
         >"$work/pgbench-init.log" 2>&1
 }
 
-# PgBouncer authenticates clients with SCRAM against the verifier copied from pg_authid
-# (same salt and iterations as the server). Because the client proved the key, PgBouncer
-# can log in to PostgreSQL with SCRAM on the client's behalf without knowing the password.
-# With a sixth argument PgBouncer also listens on DIR/.s.PGSQL.PORT (unix_socket_dir).
+# PgBouncer instances (scripts/lib.sh writes their configuration) in the work directory.
 write_pgbouncer_conf() { # name port pool_size min_pool max_client [socket_dir]
-    local name=$1 port=$2 pool=$3 min=$4 maxc=$5 sock=${6:-}
-    cat >"$work/$name.ini" <<INI
-[databases]
-app = host=127.0.0.1 port=$pg_port dbname=app
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $port
-unix_socket_dir = $sock
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-pool_mode = session
-default_pool_size = $pool
-min_pool_size = $min
-reserve_pool_size = 0
-max_client_conn = $maxc
-max_db_connections = 0
-server_reset_query = DISCARD ALL
-server_idle_timeout = 600
-ignore_startup_parameters = extra_float_digits,options
-pidfile = $work/$name.pid
-logfile = $work/$name.log
-log_connections = 0
-log_disconnections = 0
-INI
+    pgbouncer_conf "$work" "$1" "$pg_port" "$2" "$3" "$4" "$5" "${6:-}"
 }
 
 start_pgbouncer() { # name port
-    local name=$1 port=$2
-    # Started as root and switching to postgres itself (-u), so it keeps this shell's open-file
-    # limit; runuser's PAM session would cut it to 1024, too few for the idle test.
-    if [ "$(id -u)" -eq 0 ]; then
-        pgbouncer -d -u postgres "$work/$name.ini"
-    else
-        pgbouncer -d "$work/$name.ini"
-    fi ||
-        { cat "$work/$name.log" >&2; die "pgbouncer $name did not start"; }
-    pgb_pidfiles+=("$work/$name.pid")
-    wait_port "$port" || { cat "$work/$name.log" >&2; die "pgbouncer $name not listening"; }
+    pgb_pidfiles+=("$work/$1.pid")
+    pgbouncer_start "$work" "$1" "$2" || die "pgbouncer $1 did not start"
 }
 
-stop_pgbouncer() { # name
-    local f="$work/$1.pid" pid
-    [ -s "$f" ] || return 0
-    pid=$(cat "$f")
-    kill "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-}
+stop_pgbouncer() { pgbouncer_stop "$work" "$1"; }
 
 # With a sixth argument a second pool, `unix`, serves the same database on that socket path.
 write_suture_conf() { # name port max_size min_idle max_clients [socket_path]
@@ -393,6 +318,11 @@ run_pgbench() { # round group workload target pgbench-args...
     fi
     [ -n "$tps" ] || tps=NA
     record "$rnd" "$group" "$workload" tps "$target" "$tps" "$note"
+    # One client: the time per transaction, from which the report derives the added latency.
+    if [[ " $* " == *" -c 1 "* ]] && [ "$tps" != NA ]; then
+        record "$rnd" "$group" "$workload: time per tx" us "$target" \
+            "$(awk -v t="$tps" 'BEGIN {printf "%.1f", 1e6 / t}')"
+    fi
     log "round $rnd  $workload  $target: $tps tps${note:+ ($note)}"
 }
 
@@ -678,12 +608,7 @@ main() {
     load_start=$(cut -d' ' -f1-3 /proc/loadavg)
     start_postgres
 
-    # PgBouncer's userlist: the role's SCRAM verifier as stored by the server.
-    local verifier
-    verifier=$(as_pg "$pg_bin/psql" -X -A -t -h "$work" -p "$pg_port" -U postgres -d postgres \
-        -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
-    printf '"app" "%s"\n' "$verifier" >"$work/userlist.txt"
-    chown postgres:postgres "$work/userlist.txt" 2>/dev/null || true
+    pgbouncer_userlist "$pg_bin" "$work" "$pg_port" || die "could not read app's SCRAM verifier"
 
     pgb_port=$(free_port)
     mkdir -p "$work/pgbouncer-sock" "$work/suture-sock"

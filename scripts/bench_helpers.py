@@ -116,6 +116,13 @@ def cmd_report(args):
         table.append([workload, unit, fmt(med["direct"]), fmt(med["pgbouncer"]),
                       fmt(med["suture"]), ratio(med["suture"], med["direct"]),
                       ratio(med["suture"], med["pgbouncer"]), str(n)])
+        if workload.endswith(": time per tx") and med["direct"] is not None:
+            # What each proxy adds to one client's round trip.
+            added = {t: None if med[t] is None else med[t] - med["direct"]
+                     for t in ("pgbouncer", "suture")}
+            table.append([workload.replace(": time per tx", ": added latency"), unit, "0",
+                          fmt(added["pgbouncer"]), fmt(added["suture"]), "–",
+                          ratio(added["suture"], added["pgbouncer"]), str(n)])
 
     md = ["| " + " | ".join(header) + " |",
           "|" + "|".join("---" if i < 2 else "---:" for i in range(len(header))) + "|"]

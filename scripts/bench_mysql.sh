@@ -5,6 +5,9 @@
 # both targets, the order alternating from round to round), median over rounds. Reports tps
 # and Suture's own CPU per transaction (utime + stime from /proc, in microseconds), and
 # prints a table (DESIGN §10: the MySQL path no dearer per query than the PostgreSQL path).
+# Point selects also run with 1 thread (added latency: time per transaction, threads / tps,
+# through Suture minus direct) and over Unix-domain sockets (MariaDB's own socket, and a second
+# Suture pool on unix:WORK/suture-mysql.sock that reaches MariaDB over TCP).
 #
 #   bash scripts/bench_mysql.sh
 #
@@ -59,66 +62,106 @@ mariadb_start "$WORK" "$MDB_PORT"
 SUTURE_PORT="$(free_port)"
 SUTURE_MAX_SIZE=$THREADS SUTURE_MIN_IDLE=$THREADS \
     suture_mysql_config "$WORK/suture.toml" "$SUTURE_PORT" "$MDB_PORT"
+# A second pool of the same Suture serves the same server on a Unix-domain socket.
+SUTURE_SOCK="$WORK/suture-mysql.sock"
+cat >>"$WORK/suture.toml" <<EOF
+
+[pools.unix]
+protocol = "mysql"
+listen = "unix:$SUTURE_SOCK"
+servers = ["127.0.0.1:$MDB_PORT"]
+tls = "disable"
+min_idle = $THREADS
+max_size = $THREADS
+
+[pools.unix.users.app]
+password = "app-secret"
+EOF
 TARGETS="direct suture"
 if ! start_suture_mysql "$WORK/suture.toml" "$WORK/suture.log" "$SUTURE_PORT"; then
     log "suture could not be started: measuring direct only"
     TARGETS="direct"
 fi
+for _ in $(seq 100); do
+    [[ -S $SUTURE_SOCK ]] && break
+    sleep 0.1
+done
 
-sb() { # sb PORT WORKLOAD ACTION [args]
-    local port=$1 workload=$2 action=$3
-    shift 3
-    sysbench "$workload" --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$port" \
+# sb TRANSPORT PORT-OR-SOCKET WORKLOAD ACTION [args]
+sb() {
+    local transport=$1 where=$2 workload=$3 action=$4
+    shift 4
+    local conn=(--mysql-host=127.0.0.1 --mysql-port="$where")
+    [[ $transport == unix ]] && conn=(--mysql-socket="$where")
+    sysbench "$workload" --db-driver=mysql "${conn[@]}" \
         --mysql-user=app --mysql-password=app-secret --mysql-db=app --tables=1 \
         --table-size="$SIZE" --db-ps-mode=auto "$@" "$action"
 }
 log "preparing sbtest1 ($SIZE rows)"
-sb "$MDB_PORT" oltp_read_only prepare >"$WORK/prepare.log"
+sb tcp "$MDB_PORT" oltp_read_only prepare >"$WORK/prepare.log"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 CLK_TCK=$(getconf CLK_TCK)
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
 
-# measure WORKLOAD TARGET: one sysbench run; appends "workload target tps errors cpu_us_per_tx".
+# measure CASE TARGET: one sysbench run of CASE (workload:threads:transport); appends
+# "case target tps errors cpu_us_per_tx latency_us".
 measure() {
-    local workload=$1 target=$2 port cpu0=0 cpu1 out
-    port=$([[ $target == direct ]] && echo "$MDB_PORT" || echo "$SUTURE_PORT")
+    local case=$1 target=$2 workload threads transport where cpu0=0 cpu1 out
+    IFS=: read -r workload threads transport <<<"$case"
+    if [[ $transport == unix ]]; then
+        where=$([[ $target == direct ]] && echo "$WORK/mdb/mysqld.sock" || echo "$SUTURE_SOCK")
+    else
+        where=$([[ $target == direct ]] && echo "$MDB_PORT" || echo "$SUTURE_PORT")
+    fi
     [[ $target == suture ]] && cpu0=$(cpu_ticks "$SUTURE_PID")
-    out=$(sb "$port" "$workload" run --threads="$THREADS" --time="$SECS" --report-interval=0)
-    local tps txs errors cpu="-"
+    out=$(sb "$transport" "$where" "$workload" run --threads="$threads" --time="$SECS" --report-interval=0)
+    local tps txs errors lat cpu="-"
     tps=$(awk '/transactions:/ {gsub(/[(]/, "", $3); print $3}' <<<"$out")
     txs=$(awk '/transactions:/ {print $2}' <<<"$out")
     errors=$(awk '/ignored errors:/ {print $3}' <<<"$out")
+    # Mean time per transaction per thread, in µs (sysbench's own average has 10 µs steps).
+    lat=$(awk -v n="$threads" -v t="${tps:-0}" 'BEGIN {printf "%.1f", (t > 0 ? n * 1e6 / t : 0)}')
     if [[ $target == suture ]]; then
         cpu1=$(cpu_ticks "$SUTURE_PID")
         cpu=$(awk -v t=$(( cpu1 - cpu0 )) -v hz="$CLK_TCK" -v n="$txs" \
             'BEGIN {printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0)}')
     fi
-    printf '%s\t%s\t%s\t%s\t%s\n' "$workload" "$target" "${tps:-0}" "${errors:-?}" "$cpu" >>"$RESULTS"
-    log "$workload $target: ${tps:-0} tps, ${errors:-?} errors, Suture CPU/tx ${cpu} us"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$target" "${tps:-0}" "${errors:-?}" "$cpu" "${lat:-0}" >>"$RESULTS"
+    log "$case $target: ${tps:-0} tps, ${lat:-?} us/tx per thread, ${errors:-?} errors, Suture CPU/tx ${cpu} us"
 }
 
+CASES="oltp_point_select:$THREADS:tcp oltp_point_select:1:tcp oltp_read_only:$THREADS:tcp"
+CASES+=" oltp_read_write:$THREADS:tcp oltp_point_select:$THREADS:unix oltp_point_select:1:unix"
 for round in $(seq "$ROUNDS"); do
-    for workload in oltp_point_select oltp_read_only oltp_read_write; do
+    for case in $CASES; do
         order=$TARGETS
         (( round % 2 )) || order=$(tr ' ' '\n' <<<"$TARGETS" | tac | tr '\n' ' ')
         for target in $order; do
-            measure "$workload" "$target"
+            measure "$case" "$target"
         done
     done
 done
 
 median() { sort -n | awk '{a[NR] = $1} END {print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
+# col CASE TARGET FIELD: the median of one column over the rounds.
+col() { awk -F'\t' -v c="$1" -v t="$2" -v k="$3" '$1 == c && $2 == t {print $k}' "$RESULTS" | median; }
 echo
-echo "MySQL path: sysbench, $THREADS threads, ${SECS}s x $ROUNDS rounds (median), $(nproc) cores"
-printf '%-18s %12s %12s %8s %18s %10s\n' workload "direct tps" "suture tps" ratio "suture us CPU/tx" errors
-for workload in oltp_point_select oltp_read_only oltp_read_write; do
-    d=$(awk -F'\t' -v w="$workload" '$1 == w && $2 == "direct" {print $3}' "$RESULTS" | median)
-    s=$(awk -F'\t' -v w="$workload" '$1 == w && $2 == "suture" {print $3}' "$RESULTS" | median)
-    c=$(awk -F'\t' -v w="$workload" '$1 == w && $2 == "suture" {print $5}' "$RESULTS" | median)
-    e=$(awk -F'\t' -v w="$workload" '$1 == w && $2 == "suture" {n += $4} END {print n + 0}' "$RESULTS")
+echo "MySQL path: sysbench (server-side prepared statements), ${SECS}s x $ROUNDS rounds (median), $(nproc) cores"
+printf '%-18s %-9s %7s %11s %11s %6s %14s %10s %10s %10s %6s\n' workload transport threads \
+    "direct tps" "suture tps" ratio "suture CPU/tx" "direct lat" "suture lat" "added" errors
+for case in $CASES; do
+    IFS=: read -r workload threads transport <<<"$case"
+    d=$(col "$case" direct 3)
+    s=$(col "$case" suture 3)
+    c=$(col "$case" suture 5)
+    dl=$(col "$case" direct 6)
+    sl=$(col "$case" suture 6)
+    e=$(awk -F'\t' -v w="$case" '$1 == w && $2 == "suture" {n += $4} END {print n + 0}' "$RESULTS")
     r=$(awk -v d="$d" -v s="$s" 'BEGIN {printf "%.2f", (d > 0 ? s / d : 0)}')
-    printf '%-18s %12s %12s %8s %18s %10s\n' "$workload" "$d" "${s:--}" "${r}x" "${c:--}" "$e"
+    added=$(awk -v d="$dl" -v s="$sl" 'BEGIN {printf "%.1f", s - d}')
+    printf '%-18s %-9s %7s %11s %11s %6s %11s us %7s us %7s us %7s us %6s\n' "$workload" "$transport" \
+        "$threads" "$d" "${s:--}" "${r}x" "${c:--}" "$dl" "${sl:--}" "$added" "$e"
 done
 [[ $TARGETS == "direct suture" ]]

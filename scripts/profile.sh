@@ -43,12 +43,12 @@ log() { printf '%s profile: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 need=()
 command -v strace >/dev/null || need+=(strace)
 command -v perf >/dev/null || need+=(linux-perf)
-command -v pgbouncer >/dev/null || need+=(pgbouncer)
 [ "$CALLGRIND" -gt 0 ] && ! command -v valgrind >/dev/null && need+=(valgrind)
 if [ "${#need[@]}" -gt 0 ]; then
     log "installing ${need[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
 fi
+pgbouncer_install
 if [ ! -x "$SUTURE_BIN" ]; then
     log "building suture (cargo build --release)"
     cargo build --release --quiet --bin suture
@@ -63,8 +63,7 @@ cleanup() {
     set +e
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
     [ -s "$work/pgbouncer.pid" ] && kill "$(cat "$work/pgbouncer.pid")" 2>/dev/null
-    [ -f "$work/data/postmaster.pid" ] &&
-        as_pg "$pg_bin/pg_ctl" -D "$work/data" -m immediate -w stop >/dev/null 2>&1
+    pg_scratch_stop "$pg_bin" "$work"
     if [ "$KEEP" = 1 ]; then log "work directory kept: $work"; else rm -rf "$work"; fi
     exit "$status"
 }
@@ -72,21 +71,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 
-pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+pg_bin=$(pg_bin_dir)
 pg_port=$(free_port)
-as_pg "$pg_bin/initdb" -D "$work/data" -U postgres --auth-local=trust \
-    --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync >"$work/initdb.log"
-cat >>"$work/data/postgresql.conf" <<CONF
-port = $pg_port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$work'
-password_encryption = 'scram-sha-256'
-max_connections = 100
-fsync = off
-CONF
-as_pg "$pg_bin/pg_ctl" -D "$work/data" -l "$work/postgres.log" -w -t 60 start >/dev/null
-as_pg "$pg_bin/psql" -X -q -h "$work" -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 \
-    -c "CREATE ROLE app LOGIN PASSWORD 'app-secret'" -c "CREATE DATABASE app OWNER app"
+pg_scratch_start "$pg_bin" "$work" "$pg_port" 100
 as_pg "$pg_bin/pgbench" -h "$work" -p "$pg_port" -U app -i -s 10 -q app >"$work/init.log" 2>&1
 
 suture_port=$(free_port)
@@ -112,28 +99,9 @@ pids+=("$suture_pid")
 wait_port "$suture_port" || { cat "$work/suture.log" >&2; exit 1; }
 
 pgb_port=$(free_port)
-verifier=$(as_pg "$pg_bin/psql" -X -At -h "$work" -p "$pg_port" -U postgres -d postgres \
-    -c "SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
-printf '"app" "%s"\n' "$verifier" >"$work/userlist.txt"
-cat >"$work/pgbouncer.ini" <<INI
-[databases]
-app = host=127.0.0.1 port=$pg_port dbname=app
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $pgb_port
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $work/userlist.txt
-pool_mode = session
-default_pool_size = $(( CLIENTS * 2 ))
-min_pool_size = $CLIENTS
-server_reset_query = DISCARD ALL
-pidfile = $work/pgbouncer.pid
-logfile = $work/pgbouncer.log
-INI
-chown -R postgres:postgres "$work/pgbouncer.ini" "$work/userlist.txt"
-pgbouncer -d -u postgres "$work/pgbouncer.ini"
-wait_port "$pgb_port" || { cat "$work/pgbouncer.log" >&2; exit 1; }
+pgbouncer_userlist "$pg_bin" "$work" "$pg_port"
+pgbouncer_conf "$work" pgbouncer "$pg_port" "$pgb_port" $(( CLIENTS * 2 )) "$CLIENTS" 100
+pgbouncer_start "$work" pgbouncer "$pgb_port"
 sleep 1
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
