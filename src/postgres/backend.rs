@@ -186,7 +186,7 @@ async fn connect_one(
             &mut rbuf,
             max,
             &key.user,
-            &secrets.password,
+            secrets,
             t.auth,
         )
         .await?;

@@ -1,15 +1,28 @@
 //! Suture's side of a backend login: answering the server's authentication requests
-//! (SCRAM-SHA-256 through postgres-protocol, md5, cleartext, trust) until AuthenticationOk.
+//! (SCRAM-SHA-256 through `backend_scram`, md5, cleartext, trust) until AuthenticationOk.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use suture_protocol::pg::{self, Authentication};
 
 use crate::postgres::backend::{refused, BackendError};
+use crate::postgres::backend_scram::{ScramError, ScramStart, ServerSignature};
+use crate::postgres::client_auth::{UserSecrets, SCRAM_SHA_256};
 use crate::postgres::wire::{self, WireError};
 use crate::stream::{StreamRead, StreamWrite};
+
+/// Where a SCRAM exchange with the server stands.
+enum Scram {
+    /// Not begun: the server has not asked for SASL.
+    NotStarted,
+    /// The client-first message is sent; the server-first message is next.
+    Started(ScramStart),
+    /// The proof is sent; the server's signature is next.
+    Proved(ServerSignature),
+    /// The server proved it holds the password's keys.
+    Verified,
+}
 
 /// Answers the server's authentication requests until AuthenticationOk.
 pub(super) async fn authenticate(
@@ -18,10 +31,11 @@ pub(super) async fn authenticate(
     rbuf: &mut BytesMut,
     max: usize,
     user: &str,
-    password: &str,
+    secrets: &UserSecrets,
     limit: Duration,
 ) -> Result<(), BackendError> {
-    let mut scram: Option<ScramSha256> = None;
+    let password = secrets.password.as_str();
+    let mut scram = Scram::NotStarted;
     loop {
         let message = wire::read_message(reader, rbuf, max).await?;
         match message.tag {
@@ -36,7 +50,14 @@ pub(super) async fn authenticate(
         }
         let mut out = BytesMut::new();
         match pg::parse_authentication(&message.body).map_err(WireError::from)? {
-            Authentication::Ok => return Ok(()),
+            Authentication::Ok => {
+                // Once SCRAM has begun, only a server that proved it holds the keys may let
+                // Suture in.
+                if matches!(scram, Scram::Started(_) | Scram::Proved(_)) {
+                    return Err(scram_out_of_order("AuthenticationOk"));
+                }
+                return Ok(());
+            }
             Authentication::CleartextPassword => {
                 pg::encode_password(password.as_bytes(), &mut out).map_err(WireError::from)?
             }
@@ -54,33 +75,27 @@ pub(super) async fn authenticate(
                 }
                 // Channel binding is not used: the client side says "n" (does not support it),
                 // which servers accept with or without TLS.
-                let exchange = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                pg::encode_sasl_initial_response(SCRAM_SHA_256, exchange.message(), &mut out)
-                    .map_err(WireError::from)?;
-                scram = Some(exchange);
+                let start = ScramStart::new();
+                pg::encode_sasl_initial_response(
+                    SCRAM_SHA_256,
+                    start.message().as_bytes(),
+                    &mut out,
+                )
+                .map_err(WireError::from)?;
+                scram = Scram::Started(start);
             }
             Authentication::SaslContinue(data) => {
-                let mut exchange = scram
-                    .take()
-                    .ok_or_else(|| scram_out_of_order("SASLContinue"))?;
-                // This step derives the salted password (PBKDF2, thousands of HMAC rounds, about
-                // a millisecond): off the event loop, so other sessions do not stall behind it.
-                let data = data.to_vec();
-                let exchange =
-                    tokio::task::spawn_blocking(move || exchange.update(&data).map(|()| exchange))
-                        .await
-                        .map_err(|e| BackendError::UnsupportedAuth(format!("SCRAM: {e}")))?
-                        .map_err(|e| BackendError::UnsupportedAuth(format!("SCRAM: {e}")))?;
-                pg::encode_sasl_response(exchange.message(), &mut out).map_err(WireError::from)?;
-                scram = Some(exchange);
+                let Scram::Started(start) = std::mem::replace(&mut scram, Scram::NotStarted) else {
+                    return Err(scram_out_of_order("SASLContinue"));
+                };
+                scram = Scram::Proved(prove(start, data, secrets, &mut out).await?);
             }
             Authentication::SaslFinal(data) => {
-                let exchange = scram
-                    .as_mut()
-                    .ok_or_else(|| scram_out_of_order("SASLFinal"))?;
-                exchange.finish(data).map_err(|e| {
-                    BackendError::UnsupportedAuth(format!("SCRAM server signature: {e}"))
-                })?;
+                let Scram::Proved(signature) = &scram else {
+                    return Err(scram_out_of_order("SASLFinal"));
+                };
+                signature.check(data).map_err(scram_failed)?;
+                scram = Scram::Verified;
                 continue;
             }
             Authentication::Other(code) => {
@@ -91,6 +106,33 @@ pub(super) async fn authenticate(
     }
 }
 
+/// Answers the server-first message with the client-final message (into `out`); returns the
+/// signature the server must send back.
+async fn prove(
+    start: ScramStart,
+    server_first: &[u8],
+    secrets: &UserSecrets,
+    out: &mut BytesMut,
+) -> Result<ServerSignature, BackendError> {
+    let server_first = start
+        .parse_server_first(server_first)
+        .map_err(scram_failed)?;
+    // Cached per salt and iteration count; a miss derives the keys (PBKDF2, about a millisecond
+    // at 4096 iterations) on the blocking pool, so other sessions do not stall behind it.
+    let keys = secrets
+        .backend_keys
+        .keys(server_first.salt(), server_first.iterations())
+        .await
+        .map_err(scram_failed)?;
+    let (message, signature) = server_first.client_final(&keys);
+    pg::encode_sasl_response(message.as_bytes(), out).map_err(WireError::from)?;
+    Ok(signature)
+}
+
 fn scram_out_of_order(what: &str) -> BackendError {
-    BackendError::UnsupportedAuth(format!("{what} before SASL start"))
+    BackendError::UnsupportedAuth(format!("{what} out of order in the SASL exchange"))
+}
+
+fn scram_failed(err: ScramError) -> BackendError {
+    BackendError::UnsupportedAuth(format!("SCRAM: {err}"))
 }

@@ -5,7 +5,8 @@
 //! the configuration is loaded (`UserSecrets::derive`), never per login: PBKDF2 with 4096 iterations
 //! per login would cost more than the backend fork that pooling saves (DESIGN §10). The derivation
 //! itself is `postgres-protocol`'s (the same SASLprep and verifier format PostgreSQL uses); this
-//! module only runs the exchange.
+//! module only runs the exchange. Its HMAC, XOR and comparison helpers serve Suture's SCRAM login
+//! to backends too (`backend_scram`), whose key cache each user's secrets carry.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -13,25 +14,29 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// The mechanism Suture offers to clients.
+use crate::postgres::backend_scram::KeyCache;
+
+/// The SASL mechanism Suture offers to clients and answers backends with.
 pub(crate) const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
 
 /// What Suture keeps of one configured user's password, derived at load time.
-#[derive(Clone)]
 pub(crate) struct UserSecrets {
     pub(crate) scram: ScramKeys,
     /// The plain password: needed for md5 client auth (the salt differs per login) and for
     /// logging in to the backend.
     pub(crate) password: String,
+    /// The keys Suture proves this password to backend servers with (SCRAM), per salt and
+    /// iteration count they asked for.
+    pub(crate) backend_keys: KeyCache,
 }
 
 /// The SCRAM verifier of one password: what PostgreSQL stores in `pg_authid`.
 #[derive(Clone)]
 pub(crate) struct ScramKeys {
-    iterations: u32,
-    salt: Vec<u8>,
-    stored_key: [u8; 32],
-    server_key: [u8; 32],
+    pub(super) iterations: u32,
+    pub(super) salt: Vec<u8>,
+    pub(super) stored_key: [u8; 32],
+    pub(super) server_key: [u8; 32],
 }
 
 /// Why a SCRAM exchange ended without success.
@@ -56,13 +61,14 @@ impl UserSecrets {
         UserSecrets {
             scram,
             password: password.to_owned(),
+            backend_keys: KeyCache::new(password),
         }
     }
 }
 
 impl ScramKeys {
     /// Parses `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
-    fn from_verifier(verifier: &str) -> Option<ScramKeys> {
+    pub(super) fn from_verifier(verifier: &str) -> Option<ScramKeys> {
         let rest = verifier.strip_prefix("SCRAM-SHA-256$")?;
         let (iter_salt, keys) = rest.split_once('$')?;
         let (iterations, salt) = iter_salt.split_once(':')?;
@@ -198,13 +204,7 @@ impl ScramExchange {
             self.client_first_bare, self.server_first, without_proof
         );
         let client_signature = hmac(&self.keys.stored_key, auth_message.as_bytes());
-        let mut client_key = [0u8; 32];
-        for (k, (p, s)) in client_key
-            .iter_mut()
-            .zip(proof.iter().zip(client_signature.iter()))
-        {
-            *k = p ^ s;
-        }
+        let client_key = xor(&proof, &client_signature);
         let computed: [u8; 32] = Sha256::digest(client_key).into();
         if !constant_time_eq(&computed, &self.keys.stored_key) {
             return Err(ScramError::WrongPassword);
@@ -214,7 +214,8 @@ impl ScramExchange {
     }
 }
 
-fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
+/// HMAC-SHA-256 of `message` under `key` (both sides of SCRAM use it).
+pub(super) fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
     let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
         Ok(mac) => mac,
@@ -224,7 +225,17 @@ fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Byte-wise XOR, as SCRAM combines a key and a signature into a proof and back.
+pub(super) fn xor(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (o, (x, y)) in out.iter_mut().zip(a.iter().zip(b)) {
+        *o = x ^ y;
+    }
+    out
+}
+
+/// Equality that takes as long wherever the first difference is.
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -279,6 +290,7 @@ mod tests {
         let secrets = UserSecrets {
             scram: ScramKeys::random(),
             password: String::new(),
+            backend_keys: KeyCache::new(""),
         };
         assert_eq!(run("", &secrets), Err(ScramError::WrongPassword));
     }

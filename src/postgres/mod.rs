@@ -4,6 +4,7 @@
 mod aborted;
 mod backend;
 mod backend_auth;
+mod backend_scram;
 mod book;
 pub(crate) mod cancel;
 mod client_auth;
