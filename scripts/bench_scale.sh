@@ -19,7 +19,9 @@
 #          every 10 ms in its own process), then SCALE_BURST attempts at once: each must get
 #          53300 (PostgreSQL) or ERR 1040 (MySQL) within the checkout timeout; reports the
 #          time to the error (p99, max), the running client's latency before vs during, and
-#          Suture's RSS before, at its peak and SCALE_BURST_AFTER s after.
+#          Suture's RSS before, at its peak and SCALE_BURST_AFTER s after. The PostgreSQL
+#          burst then runs once more against PgBouncer (same pool size, client limit and
+#          listen backlog), to show what the same burst does to a connected client there.
 #   pools  SCALE_POOLS pools (both protocols, alternating) on distinct ports: time from
 #          process start to every listener accepting, and to /startup answering 200.
 #   soak   SCALE_SOAK_CLIENTS clients per protocol against one Suture for SCALE_SOAK_SECS,
@@ -53,6 +55,8 @@
 #   SCALE_SOAK_RECONNECT   probability that a client logs in again after a query [0.02]
 #   SCALE_OUT              merged JSON                                       [target/bench/scale.json]
 #   SUTURE_BIN             use this Suture binary instead of building         [unset]
+#   SCALE_BURST_PGBOUNCER  1: run the PostgreSQL burst against PgBouncer too (same pool,
+#                          client limit and backlog), for comparison  [1]
 #   SCALE_PRELOAD          a library to LD_PRELOAD into Suture, e.g. the system's libjemalloc,
 #                          to see how much of what a burst leaves behind is the allocator's [unset]
 #   SCALE_KEEP             1: keep the work directory (logs, configs, per-phase JSON) [0]
@@ -63,7 +67,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
-# as_pg, free_port.
+# as_pg, free_port, pg_scratch_start, pgbouncer_*.
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
 # mariadb_init, mariadb_start, mariadb_kill.
@@ -93,6 +97,7 @@ OUT=${SCALE_OUT:-target/bench/scale.json}
 SUTURE_BIN=${SUTURE_BIN:-}
 KEEP=${SCALE_KEEP:-0}
 PRELOAD=${SCALE_PRELOAD:-}
+BURST_PGBOUNCER=${SCALE_BURST_PGBOUNCER:-1}
 DRIVER="$ROOT/scripts/bench_scale.py"
 
 log() { printf '%s bench-scale: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -118,6 +123,9 @@ install_deps() {
     fi
     # Optional: a faster event loop for the burst's attempt processes.
     python3 -c 'import uvloop' 2>/dev/null || python3 -m pip install -q uvloop 2>/dev/null || true
+    if [ "$BURST_PGBOUNCER" = 1 ] && has_proto postgres && wants burst; then
+        pgbouncer_install || die "could not install pgbouncer"
+    fi
     if [ -z "$SUTURE_BIN" ]; then
         log "building Suture (release)"
         cargo build --release -q --bin suture
@@ -142,8 +150,9 @@ cleanup() {
         wait "$pid" 2>/dev/null
     done
     mariadb_kill
-    if [ -n "$WORK" ] && [ -f "$WORK/pgdata/postmaster.pid" ]; then
-        as_pg "$pg_bin/pg_ctl" -D "$WORK/pgdata" -m immediate -w stop >/dev/null 2>&1
+    if [ -n "$WORK" ]; then
+        pgbouncer_stop "$WORK" pgbouncer-burst
+        pg_scratch_stop "$pg_bin" "$WORK"
     fi
     if [ -n "$WORK" ]; then
         if [ "$status" -ne 0 ]; then
@@ -163,26 +172,10 @@ cleanup() {
 }
 
 start_postgres() {
-    pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    pg_bin=$(pg_bin_dir)
     pg_port=$(free_port)
     log "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on port $pg_port, max_connections $max_backends"
-    as_pg "$pg_bin/initdb" -D "$WORK/pgdata" -U postgres --auth-local=trust \
-        --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync >"$WORK/initdb.log"
-    cat >>"$WORK/pgdata/postgresql.conf" <<CONF
-port = $pg_port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$WORK'
-password_encryption = 'scram-sha-256'
-shared_buffers = 128MB
-max_connections = $max_backends
-fsync = off
-log_min_messages = warning
-CONF
-    as_pg "$pg_bin/pg_ctl" -D "$WORK/pgdata" -l "$WORK/postgres.log" -w -t 120 start >/dev/null
-    as_pg "$pg_bin/psql" -X -q -h "$WORK" -p "$pg_port" -U postgres -d postgres \
-        -v ON_ERROR_STOP=1 \
-        -c "CREATE ROLE app LOGIN PASSWORD 'app-secret'" \
-        -c "CREATE DATABASE app OWNER app"
+    pg_scratch_start "$pg_bin" "$WORK" "$pg_port" "$max_backends" || die "PostgreSQL did not start"
 }
 
 start_mariadb() {
@@ -295,6 +288,27 @@ max_waiters = $BURST_MAX_WAITERS"
     stop_suture
 }
 
+# The same burst against PgBouncer (same pool size and client limit, query_wait_timeout for
+# checkout_timeout, the same listen backlog as Suture's), to compare what a connected
+# client sees during it on this machine.
+phase_burst_pgbouncer() {
+    local port wait_s
+    port=$(free_port)
+    wait_s=$(awk -v t="$CHECKOUT_TIMEOUT" 'BEGIN {
+        n = t + 0; if (t ~ /ms$/) n /= 1000; else if (t ~ /m$/) n *= 60; printf "%d", (n < 1 ? 1 : n) }')
+    log "burst: $BURST postgres attempts against PgBouncer, pool of $BURST_POOL (max_client_conn $BURST_MAX_CLIENTS, query_wait_timeout $wait_s)"
+    pgbouncer_userlist "$pg_bin" "$WORK" "$pg_port" || die "could not read app's SCRAM verifier"
+    pgbouncer_conf "$WORK" pgbouncer-burst "$pg_port" "$port" "$BURST_POOL" 0 "$BURST_MAX_CLIENTS" "" \
+        "query_wait_timeout = $wait_s
+listen_backlog = 4096"
+    pgbouncer_start "$WORK" pgbouncer-burst "$port" || die "pgbouncer did not start"
+    python3 "$DRIVER" burst --proto postgres --label PgBouncer --port "$port" \
+        --pid "$(cat "$WORK/pgbouncer-burst.pid")" \
+        --holders $(( BURST_POOL - 1 )) --n "$BURST" --after "$BURST_AFTER" \
+        --steady-out "$WORK/steady-pgbouncer.txt" --json "$WORK/json/burst-postgres-pgbouncer.json"
+    pgbouncer_stop "$WORK" pgbouncer-burst
+}
+
 phase_pools() {
     local config="$WORK/suture-pools.toml" ports=() p i proto protos
     read -r -a protos <<<"$PROTOCOLS"
@@ -388,6 +402,9 @@ main() {
         if wants open; then phase_open "$proto"; fi
         if wants idle; then phase_idle "$proto"; fi
         if wants burst; then phase_burst "$proto"; fi
+        if wants burst && [ "$proto" = postgres ] && [ "$BURST_PGBOUNCER" = 1 ]; then
+            phase_burst_pgbouncer
+        fi
     done
     if wants pools; then phase_pools; fi
     if wants soak; then phase_soak; fi

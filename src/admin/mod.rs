@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
+use crate::ops::histograms::MetricsHandle;
 use tokio::sync::Semaphore;
 
 use crate::ops::health::Health;
@@ -25,7 +25,7 @@ const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A whole admin connection lasts at most this.
 const CONNECTION_LIMIT: Duration = Duration::from_secs(30);
-/// How often the recorder's upkeep runs (drains histogram samples into their buckets).
+/// How often the exporter's upkeep runs.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the admin port could not start.
@@ -43,7 +43,7 @@ pub enum AdminError {
 
 /// Everything the admin port reads.
 pub struct AdminState {
-    pub prometheus: PrometheusHandle,
+    pub prometheus: MetricsHandle,
     pub health: Arc<Health>,
     pub lifecycle: Arc<Lifecycle>,
     /// Filled in once the pools run.
@@ -56,7 +56,7 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn new(
-        prometheus: PrometheusHandle,
+        prometheus: MetricsHandle,
         health: Arc<Health>,
         lifecycle: Arc<Lifecycle>,
         readiness_checks_backend: bool,

@@ -3,6 +3,7 @@
 //! what these keep; the data path writes to them only at rare events.
 
 pub mod health;
+pub mod histograms;
 pub mod lifecycle;
 pub mod pool_state;
 pub mod series;

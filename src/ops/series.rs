@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::ops::histograms::{MetricsHandle, SutureRecorder};
 
 use crate::config::Config;
 
@@ -78,12 +80,18 @@ pub const NAMES: [&str; 16] = [
     "suture_draining",
 ];
 
-/// Installs the global Prometheus recorder (no HTTP listener of its own: the admin port serves
-/// [`PrometheusHandle::render`]). Call once, before any metric is touched.
-pub fn install() -> Result<PrometheusHandle, BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &BUCKETS)?
-        .install_recorder()?;
+/// Another recorder was installed first.
+#[derive(Debug, thiserror::Error)]
+#[error("a metrics recorder is already installed")]
+pub struct RecorderInstalled;
+
+/// Installs the global recorder: counters and gauges in metrics-exporter-prometheus's, histograms
+/// in Suture's own (`crate::ops::histograms`), with [`BUCKETS`]. No HTTP listener of its own: the
+/// admin port serves [`MetricsHandle::render`]. Call once, before any metric is touched.
+pub fn install() -> Result<MetricsHandle, RecorderInstalled> {
+    let recorder = SutureRecorder::new(PrometheusBuilder::new().build_recorder(), &BUCKETS);
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|_| RecorderInstalled)?;
     describe();
     Ok(handle)
 }
