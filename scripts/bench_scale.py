@@ -769,7 +769,7 @@ def cmd_report(args):
             label = d.get("label", "Suture")
             # The targets are Suture's; another proxy's run is there to compare with.
             ours = label == "Suture"
-            proto = proto if ours else f"{d['proto']} ({label})"
+            proto = d["proto"] if ours else f"{d['proto']} ({label})"
             total = d["attempts"] * len(d.get("rounds", [1]))
             row(f"burst of {d['attempts']:,} attempts ×{len(d.get('rounds', [1]))}, pool held by "
                 f"{d['holders'] + 1}", proto, f"{d['expected_errors']:,} got {d['expected_code']}",
