@@ -67,10 +67,13 @@ impl HistogramFn for BucketHistogram {
     }
 }
 
+/// The series of one histogram, by label set (`(name, value)` pairs in the order given).
+type Series = BTreeMap<Vec<(String, String)>, Arc<BucketHistogram>>;
+
 /// The histogram series by name, then by label set, with their HELP texts.
 #[derive(Debug, Default)]
 struct Families {
-    series: BTreeMap<String, BTreeMap<Vec<(String, String)>, Arc<BucketHistogram>>>,
+    series: BTreeMap<String, Series>,
     help: BTreeMap<String, String>,
 }
 
@@ -98,13 +101,8 @@ impl MetricsHandle {
     }
 }
 
-fn render_family(
-    out: &mut String,
-    name: &str,
-    help: Option<&String>,
-    series: &BTreeMap<Vec<(String, String)>, Arc<BucketHistogram>>,
-) {
-    if out.chars().last().is_some_and(|c| c != '\n') {
+fn render_family(out: &mut String, name: &str, help: Option<&String>, series: &Series) {
+    if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
     }
     if let Some(help) = help {
