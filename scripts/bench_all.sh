@@ -6,7 +6,7 @@
 # soak), one after the other. Writes everything to BENCH_ALL_OUT; each script's own knobs pass
 # through (see their headers).
 #
-#   bash scripts/bench_all.sh        # about 45 minutes on 2 cores with the defaults
+#   bash scripts/bench_all.sh        # 38 minutes on 2 cores with the defaults (2026-12-02)
 #
 # Knobs: BENCH_ALL_OUT [docs/benchmarks/all-YYYY-MM-DD.md]. bench.sh runs BENCH_ONLY
 # [select,tpcb,connect,unix,idle] here: its COPY stream and its pgbench soak are left to
@@ -25,6 +25,7 @@ fi
 bin=$(mktemp /tmp/suture-bench-all.XXXXXX)
 trap 'rm -f "$bin"' EXIT
 cp "$SUTURE_BIN" "$bin"
+chmod 755 "$bin"
 mkdir -p "$(dirname "$OUT")"
 pg_md=${OUT%.md}-postgres.md
 
