@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::ops::histograms::MetricsHandle;
 use tokio::sync::Semaphore;
 
 use crate::ops::health::Health;
+use crate::ops::histograms::MetricsHandle;
 use crate::ops::lifecycle::Lifecycle;
 use status::PoolSource;
 

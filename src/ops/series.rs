@@ -7,9 +7,8 @@ use std::collections::BTreeSet;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::ops::histograms::{MetricsHandle, SutureRecorder};
-
 use crate::config::Config;
+use crate::ops::histograms::{MetricsHandle, SutureRecorder};
 
 /// `suture_backend_idle_closes_total{cause}` values.
 pub const IDLE_CLOSE_CAUSES: [&str; 4] = ["fin", "rst", "server_error", "idle_timeout_notice"];
