@@ -194,6 +194,8 @@ struct Inner<M: Manager> {
     subpools: Mutex<SubPools<M>>,
     /// Callers in the failover hold, all keys together.
     held: AtomicUsize,
+    /// `suture_checkout_wait_seconds{pool}`, looked up once (a lookup takes the recorder's lock).
+    checkout_wait: metrics::Histogram,
 }
 
 /// A keyed pool of backend connections; cheap to clone.
@@ -233,6 +235,7 @@ impl<M: Manager> Pool<M> {
                 ops,
                 subpools: Mutex::new(HashMap::new()),
                 held: AtomicUsize::new(0),
+                checkout_wait: metrics::histogram!("suture_checkout_wait_seconds", "pool" => name.to_owned()),
             }),
         }
     }
@@ -543,7 +546,8 @@ impl<M: Manager> Pool<M> {
     }
 
     fn record_checkout(&self, started: Instant) {
-        metrics::histogram!("suture_checkout_wait_seconds", "pool" => self.inner.name.clone())
+        self.inner
+            .checkout_wait
             .record(started.elapsed().as_secs_f64());
     }
 
