@@ -343,6 +343,13 @@ pub(crate) mod ext {
         Ok(())
     }
 
+    /// Close of the unnamed portal (what libpq 17 and later send after each
+    /// pipelined PQsendQuery).
+    pub(crate) fn close_portal(out: &mut BytesMut) -> anyhow::Result<()> {
+        frontend::close(b'P', "", out)?;
+        Ok(())
+    }
+
     pub(crate) fn sync(out: &mut BytesMut) {
         frontend::sync(out);
     }

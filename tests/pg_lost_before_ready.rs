@@ -1,0 +1,222 @@
+//! A Sync-ended extended batch whose backend is lost when everything but its
+//! ReadyForQuery (and the CloseCompletes of trailing Closes) had reached the
+//! client. Found by the pipelined ledger (psycopg 3 in pipeline mode): a
+//! BEGIN; INSERT; INSERT; COMMIT pipeline whose COMMIT was answered, backend
+//! terminated before the Sync, was told "lost during COMMIT; outcome unknown"
+//! by an ErrorResponse after the COMMIT's CommandComplete. The COMMIT had
+//! committed, and an error in that place answers the Sync, which libpq's
+//! pipeline mode cannot take ("cannot exit pipeline mode while busy").
+//!
+//! What the client is owed there is known whenever the transaction state the
+//! ReadyForQuery would carry is known: after an answered COMMIT (idle), inside
+//! a block (which is then lost: the next statement is told), or after an
+//! error (the backend was skipping to the Sync). Each test cuts the reply
+//! through the fault relay right before what is owed and checks that the
+//! client gets exactly what a live server would have sent, then the truth.
+
+mod support;
+
+use anyhow::{ensure, Context as _};
+use bytes::BytesMut;
+use support::fault_relay::Direction;
+use support::raw_client::{error_fields, ext, BackendMsg};
+use support::rig::{within, Rig, STEP};
+use support::RawClient;
+
+/// A raw client logged in as `app` on `port`.
+async fn raw_app(port: u16) -> anyhow::Result<RawClient> {
+    let mut raw = RawClient::connect(port).await?;
+    raw.login("app", "app-secret", "app").await?;
+    Ok(raw)
+}
+
+/// One Sync-ended batch of `sqls`, each as libpq 17 pipelines a PQsendQuery:
+/// Parse, Bind, Describe portal, Execute, Close portal.
+fn pipelined(sqls: &[&str]) -> anyhow::Result<BytesMut> {
+    let mut batch = BytesMut::new();
+    for sql in sqls {
+        ext::parse("", sql, &mut batch)?;
+        ext::bind("", &mut batch)?;
+        ext::describe_portal(&mut batch)?;
+        ext::execute(&mut batch)?;
+        ext::close_portal(&mut batch)?;
+    }
+    ext::sync(&mut batch);
+    Ok(batch)
+}
+
+fn tags(msgs: &[BackendMsg]) -> String {
+    msgs.iter().map(|m| char::from(m.tag)).collect()
+}
+
+fn wire_len(msgs: &[BackendMsg]) -> u64 {
+    msgs.iter().map(|m| 5 + m.body.len() as u64).sum()
+}
+
+fn sqlstates(msgs: &[BackendMsg]) -> Vec<String> {
+    msgs.iter()
+        .filter(|m| m.tag == b'E')
+        .filter_map(|m| {
+            error_fields(&m.body)
+                .into_iter()
+                .find(|(c, _)| *c == b'C')
+                .map(|(_, v)| v)
+        })
+        .collect()
+}
+
+fn ready_status(msgs: &[BackendMsg]) -> Option<char> {
+    msgs.last()
+        .filter(|m| m.tag == b'Z')
+        .and_then(|m| m.body.first())
+        .map(|&b| char::from(b))
+}
+
+/// Runs `batch` straight on the server (then `undo` as superuser, to remove
+/// what it committed) and
+/// returns its reply; then, through Suture, cuts the reply `owed` messages
+/// before its end and returns what the client got for the same batch.
+async fn cut_before_the_end(
+    rig: &Rig,
+    raw: &mut RawClient,
+    batch: &[u8],
+    owed: usize,
+    undo: &str,
+) -> anyhow::Result<(Vec<BackendMsg>, Vec<BackendMsg>)> {
+    let mut direct = raw_app(rig.pg.port()).await?;
+    direct.send(batch).await?;
+    let live = direct.read_until_ready(STEP).await?;
+    drop(direct);
+    ensure!(live.len() > owed, "direct reply {}", tags(&live));
+    within(rig.superuser().await?.batch_execute(undo)).await??;
+    let cut_at = wire_len(&live[..live.len() - owed]);
+    rig.relay
+        .cut_open_after(Direction::ToClient, cut_at)
+        .await?;
+    raw.send(batch).await?;
+    let got = raw
+        .read_until_ready(STEP)
+        .await
+        .context("the batch's reply through Suture")?;
+    Ok((live, got))
+}
+
+async fn count(rig: &Rig, sql: &str) -> anyhow::Result<i64> {
+    Ok(within(rig.superuser().await?.query_one(sql, &[]))
+        .await??
+        .get(0))
+}
+
+async fn select_7_works(raw: &mut RawClient) -> anyhow::Result<()> {
+    raw.send_query("SELECT 7::int4").await?;
+    let next = raw.read_until_ready(STEP).await?;
+    ensure!(
+        tags(&next) == "TDCZ" && ready_status(&next) == Some('I'),
+        "the session after the loss answered {}",
+        tags(&next)
+    );
+    Ok(())
+}
+
+/// BEGIN; INSERT; INSERT; COMMIT pipelined, lost after COMMIT's
+/// CommandComplete (its CloseComplete and the ReadyForQuery missing): the
+/// transaction committed, so the client gets the CloseComplete and an idle
+/// ReadyForQuery, never an error, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answered_commit_lost_before_ready_is_committed() -> anyhow::Result<()> {
+    let rig = Rig::start(&[("min_idle", "0")]).await?;
+    let result = async {
+        let su = rig.superuser().await?;
+        within(su.batch_execute("CREATE TABLE ready_t (x int); GRANT ALL ON ready_t TO app"))
+            .await??;
+        let batch = pipelined(&[
+            "BEGIN",
+            "INSERT INTO ready_t VALUES (1)",
+            "INSERT INTO ready_t VALUES (2)",
+            "COMMIT",
+        ])?;
+        let mut raw = raw_app(rig.suture.port()).await?;
+        let (live, got) = cut_before_the_end(&rig, &mut raw, &batch, 2, "TRUNCATE ready_t").await?;
+        ensure!(
+            tags(&got) == tags(&live) && sqlstates(&got).is_empty(),
+            "answered COMMIT, lost before ReadyForQuery: got {} {:?}, a live server sends {}",
+            tags(&got),
+            sqlstates(&got),
+            tags(&live)
+        );
+        ensure!(ready_status(&got) == Some('I'), "{}", tags(&got));
+        let rows = count(&rig, "SELECT count(*) FROM ready_t").await?;
+        ensure!(rows == 2, "the committed transaction left {rows} rows");
+        select_7_works(&mut raw).await
+    }
+    .await;
+    rig.finish(result)
+}
+
+/// BEGIN; INSERT pipelined, lost right before the ReadyForQuery: the client
+/// gets the ReadyForQuery `T` a live server sends, then its next statement
+/// is told the transaction is gone (08006), and ROLLBACK ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_block_lost_before_ready_is_told_at_the_next_statement() -> anyhow::Result<()> {
+    let rig = Rig::start(&[("min_idle", "0")]).await?;
+    let result = async {
+        let su = rig.superuser().await?;
+        within(su.batch_execute("CREATE TABLE block_t (x int); GRANT ALL ON block_t TO app"))
+            .await??;
+        let batch = pipelined(&["BEGIN", "INSERT INTO block_t VALUES (1)"])?;
+        let mut raw = raw_app(rig.suture.port()).await?;
+        let (live, got) = cut_before_the_end(&rig, &mut raw, &batch, 1, "SELECT 1").await?;
+        ensure!(
+            tags(&got) == tags(&live) && sqlstates(&got).is_empty(),
+            "open block, lost before ReadyForQuery: got {} {:?}, a live server sends {}",
+            tags(&got),
+            sqlstates(&got),
+            tags(&live)
+        );
+        ensure!(ready_status(&got) == Some('T'), "{}", tags(&got));
+        raw.send_query("INSERT INTO block_t VALUES (2)").await?;
+        let next = raw.read_until_ready(STEP).await?;
+        ensure!(
+            sqlstates(&next) == ["08006"] && ready_status(&next) == Some('E'),
+            "the statement after the lost block got {} {:?}",
+            tags(&next),
+            sqlstates(&next)
+        );
+        raw.send_query("ROLLBACK").await?;
+        let rollback = raw.read_until_ready(STEP).await?;
+        ensure!(
+            tags(&rollback) == "CZ" && ready_status(&rollback) == Some('I'),
+            "ROLLBACK of the lost block: {}",
+            tags(&rollback)
+        );
+        let rows = count(&rig, "SELECT count(*) FROM block_t").await?;
+        ensure!(rows == 0, "the lost block left {rows} rows");
+        select_7_works(&mut raw).await
+    }
+    .await;
+    rig.finish(result)
+}
+
+/// A statement that fails, lost right before the ReadyForQuery: the backend
+/// was skipping to the Sync and had rolled back, so the client gets the
+/// server's one error and an idle ReadyForQuery, not a second error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_lost_before_ready_is_answered_once() -> anyhow::Result<()> {
+    let rig = Rig::start(&[("min_idle", "0")]).await?;
+    let result = async {
+        let batch = pipelined(&["SELECT 1 / 0", "SELECT 2"])?;
+        let mut raw = raw_app(rig.suture.port()).await?;
+        let (live, got) = cut_before_the_end(&rig, &mut raw, &batch, 1, "SELECT 1").await?;
+        ensure!(
+            tags(&got) == tags(&live) && sqlstates(&got) == ["22012"],
+            "error, lost before ReadyForQuery: got {} {:?}, a live server sends {}",
+            tags(&got),
+            sqlstates(&got),
+            tags(&live)
+        );
+        ensure!(ready_status(&got) == Some('I'), "{}", tags(&got));
+        select_7_works(&mut raw).await
+    }
+    .await;
+    rig.finish(result)
+}
