@@ -227,6 +227,9 @@ pub(crate) enum Answer {
     RolledBack,
     /// The ready marker only (a Sync while the client skips to it).
     ReadyOnly(TxState),
+    /// The end of a reply the lost backend had all but finished: the answers to `closes`
+    /// trailing Closes, then the ready marker with `ready` (`Ledger::owes_only_ready`).
+    Rest { closes: u32, ready: TxState },
     /// No answer at all (a request the backend would have skipped).
     Nothing,
 }

@@ -64,7 +64,8 @@ pub(crate) fn encode_answer(answer: Answer, seq: Option<u8>, client_caps: u64, o
         return;
     };
     match answer {
-        Answer::Nothing | Answer::ReadyOnly(_) => {}
+        // A MySQL request is never a Sync batch, so never owes only a ready marker.
+        Answer::Nothing | Answer::ReadyOnly(_) | Answer::Rest { .. } => {}
         Answer::Error(Told::Refusal(reason), _) => refusal(reason).encode(seq, out),
         Answer::Error(Told::Aborted, _) => {
             MyNotice::new(error_code::CR_SERVER_LOST, LOST_STATE, TRANSACTION_GONE).encode(seq, out)

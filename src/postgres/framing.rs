@@ -169,6 +169,12 @@ impl BackendFramer for PgBackendFramer {
                             tracker.reply(Reply::Part { answers_part: true }, bytes + len);
                             bytes = 0;
                         }
+                        BackendMessage::Completed(done) => {
+                            let mut tracker = shared.lock();
+                            tracker.ledger.statement_completed(done);
+                            tracker.reply(Reply::Part { answers_part: true }, bytes + len);
+                            bytes = 0;
+                        }
                         BackendMessage::Reply(reply) => {
                             shared.lock().reply(reply, bytes + len);
                             bytes = 0;

@@ -60,6 +60,12 @@ pub(crate) fn encode_answer(
     match answer {
         Answer::Nothing => {}
         Answer::ReadyOnly(tx) => pg::encode_ready_for_query(tx_status(tx), out),
+        Answer::Rest { closes, ready } => {
+            for _ in 0..closes {
+                pg::encode_empty_reply(b'3', out)?;
+            }
+            pg::encode_ready_for_query(tx_status(ready), out);
+        }
         Answer::Error(told, ready) => {
             let (code, message) = match told {
                 Told::Refusal(reason) => refusal(reason),
@@ -113,5 +119,12 @@ mod tests {
         assert!(out.is_empty());
         encode_answer(Answer::RolledBack, None, &mut out).expect("encodes");
         assert_eq!(out[0], b'C');
+        out.clear();
+        let rest = Answer::Rest {
+            closes: 2,
+            ready: TxState::InBlock,
+        };
+        encode_answer(rest, None, &mut out).expect("encodes");
+        assert_eq!(&out[..], b"3\0\0\0\x043\0\0\0\x04Z\0\0\0\x05T");
     }
 }

@@ -11,6 +11,7 @@ use crate::postgres::book::Tracker;
 use crate::postgres::session_state::classify;
 use crate::postgres::statement::{Statement, StreamedStatement};
 use crate::session::ledger::{Boundary, Reply, Traits, TxState};
+use crate::session::progress::Completion;
 
 /// Traits of something Suture cannot read: it may do anything.
 const UNKNOWN: Traits = Traits {
@@ -54,7 +55,7 @@ pub(crate) fn note_client_message(tag: u8, message: &[u8], tracker: &mut Tracker
             if let Ok(Some(name)) = pg::parse_close_statement(body) {
                 tracker.forget_statement(&String::from_utf8_lossy(name));
             }
-            tracker.ledger.part(message, true, Traits::default(), None);
+            tracker.ledger.close_part(message, None);
             false
         }
         b'E' => {
@@ -295,6 +296,9 @@ pub(crate) enum BackendMessage {
     Error,
     /// A ParseComplete: answers a Parse, and a named statement becomes restorable.
     ParseComplete,
+    /// A CommandComplete or PortalSuspended: answers an Execute, and says what the statement
+    /// did to the transaction.
+    Completed(Completion),
 }
 
 /// Classifies a backend message by its tag (and, for ReadyForQuery, its status).
@@ -306,7 +310,12 @@ pub(crate) fn classify_backend(tag: u8, body: &[u8]) -> BackendMessage {
             Err(_) => BackendMessage::Bytes,
         },
         b'1' => BackendMessage::ParseComplete,
-        b'2' | b'3' | b'n' | b'T' | b'C' | b'I' | b's' => {
+        b'C' => {
+            let tag = body.strip_suffix(b"\0").unwrap_or(body);
+            BackendMessage::Completed(Completion::of_tag(tag))
+        }
+        b's' => BackendMessage::Completed(Completion::Other),
+        b'2' | b'3' | b'n' | b'T' | b'I' => {
             BackendMessage::Reply(Reply::Part { answers_part: true })
         }
         b'S' => BackendMessage::ParameterStatus,
@@ -405,7 +414,11 @@ mod tests {
         assert_eq!(classify_backend(b'D', b""), BackendMessage::Bytes);
         assert_eq!(
             classify_backend(b'C', b"INSERT 0 1\0"),
-            BackendMessage::Reply(Reply::Part { answers_part: true })
+            BackendMessage::Completed(Completion::Other)
+        );
+        assert_eq!(
+            classify_backend(b'C', b"COMMIT\0"),
+            BackendMessage::Completed(Completion::Ended)
         );
         assert_eq!(classify_backend(b'A', b""), BackendMessage::Notification);
     }

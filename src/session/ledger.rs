@@ -18,6 +18,8 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 
+use crate::session::progress::{Completion, Progress};
+
 /// The backend's transaction state as the session last knew it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum TxState {
@@ -117,6 +119,10 @@ struct Request<N> {
     errored: bool,
     /// Sent while the backend ignores everything up to the next Sync: it gets no reply.
     skipped: bool,
+    /// Counted parts since its last one that is not a Close (PostgreSQL).
+    trailing_closes: u32,
+    /// What its answered statements did to the transaction.
+    progress: Progress,
     /// When its first byte was read (for `suture_request_duration_seconds`).
     started: Instant,
     note: N,
@@ -138,6 +144,15 @@ pub(crate) struct Completed<N> {
     pub(crate) tx_after: TxState,
     /// When its first byte was read.
     pub(crate) started: Instant,
+}
+
+/// All a lost backend still owed the oldest request ([`Ledger::owes_only_ready`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OwedReady {
+    /// Replies to trailing Closes not yet sent.
+    pub(crate) closes: u32,
+    /// The state the ready marker carries.
+    pub(crate) ready: TxState,
 }
 
 /// What healing needs to know about one request in flight, oldest first.
@@ -233,6 +248,8 @@ impl<N> Ledger<N> {
                 retained: true,
                 errored: false,
                 skipped: false,
+                trailing_closes: 0,
+                progress: Progress::default(),
                 started: Instant::now(),
                 note: note(),
             });
@@ -272,8 +289,47 @@ impl<N> Ledger<N> {
     pub(crate) fn part(&mut self, message: &[u8], counted: bool, traits: Traits, note: N) {
         let request = self.open_request(|| note);
         request.parts += u32::from(counted);
+        if counted {
+            request.trailing_closes = 0;
+        }
         request.traits.merge(traits);
         self.append_to_newest(message);
+    }
+
+    /// A client message closing a statement or portal (PostgreSQL Close): a counted part of
+    /// the current request that runs nothing.
+    pub(crate) fn close_part(&mut self, message: &[u8], note: N) {
+        self.part(message, true, Traits::default(), note);
+        if let Some(newest) = self.requests.back_mut() {
+            newest.trailing_closes += 1;
+        }
+    }
+
+    /// A statement of the oldest request completed (its reply says how).
+    pub(crate) fn statement_completed(&mut self, done: Completion) {
+        if let Some(front) = self.requests.front_mut() {
+            front.progress = front.progress.then(done);
+        }
+    }
+
+    /// What the lost backend still owed the oldest request, when that is only its ready marker
+    /// (after the replies to trailing Closes, if those are missing too) and the state the
+    /// marker carries is known: the request is a Sync batch the backend accepted, answered
+    /// part by part up to its end or up to an error. Nothing in it is in doubt then, so the
+    /// client can be sent what the backend would have sent.
+    pub(crate) fn owes_only_ready(&self) -> Option<OwedReady> {
+        let front = self.requests.front()?;
+        if front.boundary != Some(Boundary::Sync) || front.skipped || front.start >= self.accepted {
+            return None;
+        }
+        let unanswered = front.parts.saturating_sub(front.answered_parts);
+        // After an error the backend skips everything up to the Sync, Closes too.
+        let closes = if front.errored { 0 } else { unanswered };
+        if closes > front.trailing_closes {
+            return None;
+        }
+        let ready = front.progress.ready_state(self.tx, front.errored)?;
+        Some(OwedReady { closes, ready })
     }
 
     /// The client message that ends the current request (opening one if none is open).
@@ -626,6 +682,85 @@ mod tests {
         assert_eq!(l.tx(), TxState::Idle);
         let front = l.in_flight().next().expect("INSERT in flight");
         assert!(!front.traits.may_commit);
+    }
+
+    /// Parse, Bind, Execute, Close for each of `completions` (how its Execute completes),
+    /// then a Sync; the backend stops answering after `answered` parts.
+    fn sync_batch(completions: &[Completion], answered: usize) -> Ledger<u32> {
+        let mut l = ledger();
+        for _ in completions {
+            l.part(b"P", true, NOTHING, 1);
+            l.part(b"B", true, NOTHING, 1);
+            l.part(b"E", true, Q, 1);
+            l.close_part(b"C", 1);
+        }
+        l.end(b"S", Boundary::Sync, NOTHING, 1);
+        accept(&mut l, 4 * completions.len() + 1);
+        for i in 0..answered {
+            if i % 4 == 2 {
+                l.statement_completed(completions[i / 4]);
+            }
+            assert!(done(&mut l, Reply::Part { answers_part: true }, 5).is_empty());
+        }
+        l
+    }
+
+    #[test]
+    fn only_the_ready_marker_is_owed_after_an_answered_commit() {
+        use Completion::{Began, Ended, Other};
+        let all = [Began, Other, Ended];
+        // Everything answered: only the ready marker, idle.
+        let owed = sync_batch(&all, 12).owes_only_ready();
+        assert_eq!(
+            owed,
+            Some(OwedReady {
+                closes: 0,
+                ready: TxState::Idle
+            })
+        );
+        // The last Close unanswered too.
+        let owed = sync_batch(&all, 11).owes_only_ready();
+        assert_eq!(
+            owed,
+            Some(OwedReady {
+                closes: 1,
+                ready: TxState::Idle
+            })
+        );
+        // COMMIT's own answer missing: in doubt.
+        assert_eq!(sync_batch(&all, 10).owes_only_ready(), None);
+        // An open block: idle-in-transaction.
+        let owed = sync_batch(&[Began, Other], 8).owes_only_ready();
+        assert_eq!(
+            owed,
+            Some(OwedReady {
+                closes: 0,
+                ready: TxState::InBlock
+            })
+        );
+        // Work outside a block that the Sync would commit: in doubt.
+        assert_eq!(sync_batch(&[Other], 4).owes_only_ready(), None);
+    }
+
+    #[test]
+    fn only_the_ready_marker_is_owed_after_an_error() {
+        let mut l = sync_batch(&[Completion::Other, Completion::Other], 1);
+        done(&mut l, Reply::Error, 20);
+        assert_eq!(
+            l.owes_only_ready(),
+            Some(OwedReady {
+                closes: 0,
+                ready: TxState::Idle
+            })
+        );
+        // Nothing is owed for a command, nor for a batch never sent.
+        let mut l = ledger();
+        l.end(b"Q", Boundary::Command, Q, 1);
+        accept(&mut l, 1);
+        assert_eq!(l.owes_only_ready(), None);
+        let mut l = ledger();
+        l.end(b"S", Boundary::Sync, NOTHING, 1);
+        assert_eq!(l.owes_only_ready(), None);
     }
 
     #[test]

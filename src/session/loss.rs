@@ -15,7 +15,7 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncReadExt;
 
-use crate::heal::{self, After, Decision, LossFacts, RefusalReason, ReplayReason};
+use crate::heal::{self, After, Answer, Decision, LossFacts, RefusalReason, ReplayReason};
 use crate::ops::pool_state::EventKind;
 use crate::ops::series::IDLE_CLOSE_CAUSES;
 use crate::pool::Manager;
@@ -23,7 +23,7 @@ use crate::retry_budget::replay_backoff;
 use crate::session::command_phase::{CommandPhase, Next};
 use crate::session::framing::ClientFramer;
 use crate::session::hooks::{AbortedEnd, Hooks, LostIo};
-use crate::session::ledger::{InFlight, TxEnd, TxState};
+use crate::session::ledger::{InFlight, Reply, TxEnd, TxState};
 use crate::session::link::Link;
 use crate::session::relay;
 use crate::session::tracker::Unsolicited;
@@ -44,10 +44,10 @@ impl<H: Hooks> CommandPhase<H> {
             tracing::debug!(error = %err, "client left while its last reply was written");
             return Next::End;
         }
-        let (facts, fatal, cause) = {
+        let (fatal, cause) = {
             let tracker = self.shared.lock();
             let cause = loss_cause(lost, tracker.unsolicited.as_ref());
-            (tracker.loss_facts(), tracker.fatal_code.clone(), cause)
+            (tracker.fatal_code.clone(), cause)
         };
         if let Some(code) = fatal {
             // The backend's own FATAL reached the client: the session ends, as it would have
@@ -57,6 +57,10 @@ impl<H: Hooks> CommandPhase<H> {
             }
             return Next::End;
         }
+        if self.backend.ends_at_boundary() && !self.answer_owed_ready().await {
+            return Next::End;
+        }
+        let facts = self.shared.lock().loss_facts();
         let decision = heal::decide(facts, &mut &self.hooks.core().replay_budget);
         let backend_id = <H::Manager as Manager>::conn_id(self.checkout.conn_ref());
         tracing::warn!(pool = %self.pool(), client = self.client_id, cause, backend_id, error = %lost, ?decision, ?facts, "backend connection lost");
@@ -81,6 +85,38 @@ impl<H: Hooks> CommandPhase<H> {
                 self.answer_and_continue(reason, facts).await
             }
         }
+    }
+
+    /// When the lost backend owed the oldest request only its ready marker, and the state that
+    /// marker carries is known (an answered COMMIT, an open block, an error), sends what the
+    /// backend would have sent and completes the request; the loss is then judged on what is
+    /// left. An error in that place would answer the client's Sync, which libpq's pipeline
+    /// mode cannot take, and after an answered COMMIT it would not be the truth. False if the
+    /// client left.
+    async fn answer_owed_ready(&mut self) -> bool {
+        let mut out = BytesMut::new();
+        {
+            let mut tracker = self.shared.lock();
+            let Some(owed) = tracker.ledger.owes_only_ready() else {
+                return true;
+            };
+            let rest = Answer::Rest {
+                closes: owed.closes,
+                ready: owed.ready,
+            };
+            if self
+                .hooks
+                .encode_answer(rest, 0, None, &tracker.book, &mut out)
+                .is_err()
+            {
+                return true;
+            }
+            tracker.reply(Reply::Ready(owed.ready), 0);
+            tracing::debug!(pool = %self.pool(), client = self.client_id, ?owed, "the lost backend owed only the ready marker; sent in its place");
+        }
+        wire::write_all(&mut self.client_write, &out, self.limits.client_write)
+            .await
+            .is_ok()
     }
 
     /// Nothing was in flight: a new backend, the state restored, nobody notices. If none can

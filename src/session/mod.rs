@@ -14,5 +14,6 @@ pub(crate) mod hooks;
 pub(crate) mod ledger;
 pub(crate) mod link;
 mod loss;
+pub(crate) mod progress;
 pub(crate) mod relay;
 pub(crate) mod tracker;

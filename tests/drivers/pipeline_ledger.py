@@ -159,6 +159,13 @@ def record_error(tally: Tally, client: int, step: str, exc: BaseException) -> No
         what = f"{sqlstate} {severity}"
     else:
         what = first_line(exc)
+        # psycopg raises "cannot exit pipeline mode while busy" in place of an error that
+        # answered the pipeline's Sync (libpq's pipeline mode cannot take one there; a direct
+        # server's deferred constraint failing at the Sync does the same). It stays a bare
+        # error, but names the error it replaced.
+        replaced = exc.__context__
+        if getattr(replaced, "sqlstate", None):
+            what += f" (in place of {replaced.sqlstate}: {first_line(replaced)})"[:200]
         tally.bare[(what, step)] += 1
         what = "bare " + what
     record_event(tally, client, step, what)
