@@ -220,3 +220,45 @@ async fn error_lost_before_ready_is_answered_once() -> anyhow::Result<()> {
     .await;
     rig.finish(result)
 }
+
+/// Inside a block, INSERT; ROLLBACK pipelined, lost after the INSERT was
+/// answered: the ROLLBACK is answered as done (the transaction is gone
+/// anyway), and the INSERT's replies, already sent, are not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_lost_after_an_answered_statement_repeats_nothing() -> anyhow::Result<()> {
+    let rig = Rig::start(&[("min_idle", "0")]).await?;
+    let result = async {
+        let su = rig.superuser().await?;
+        within(su.batch_execute("CREATE TABLE back_t (x int); GRANT ALL ON back_t TO app"))
+            .await??;
+        let batch = pipelined(&["INSERT INTO back_t VALUES (1)", "ROLLBACK"])?;
+        let mut raw = raw_app(rig.suture.port()).await?;
+        raw.send_query("BEGIN").await?;
+        raw.read_until_ready(STEP).await?;
+        let mut direct = raw_app(rig.pg.port()).await?;
+        direct.send_query("BEGIN").await?;
+        direct.read_until_ready(STEP).await?;
+        direct.send(&batch).await?;
+        let live = direct.read_until_ready(STEP).await?;
+        drop(direct);
+        // Cut after the INSERT's five replies.
+        rig.relay
+            .cut_open_after(Direction::ToClient, wire_len(&live[..5]))
+            .await?;
+        raw.send(&batch).await?;
+        let got = raw.read_until_ready(STEP).await?;
+        ensure!(
+            tags(&got) == tags(&live) && sqlstates(&got).is_empty(),
+            "INSERT answered, ROLLBACK lost: got {} {:?}, a live server sends {}",
+            tags(&got),
+            sqlstates(&got),
+            tags(&live)
+        );
+        ensure!(ready_status(&got) == Some('I'), "{}", tags(&got));
+        let rows = count(&rig, "SELECT count(*) FROM back_t").await?;
+        ensure!(rows == 0, "the rolled-back block left {rows} rows");
+        select_7_works(&mut raw).await
+    }
+    .await;
+    rig.finish(result)
+}
