@@ -223,8 +223,9 @@ pub(crate) enum Answer {
     /// An error, then the ready marker with this state (None: no ready marker, the request
     /// was a Flush batch or is still open, and the client skips to its Sync).
     Error(Told, Option<TxState>),
-    /// It ended the lost transaction with ROLLBACK: answered as done, ready marker idle.
-    RolledBack,
+    /// It ended the lost transaction with ROLLBACK: answered as done, ready marker idle. Its
+    /// first `answered` parts were answered by the lost backend already and are not again.
+    RolledBack { answered: u32 },
     /// The ready marker only (a Sync while the client skips to it).
     ReadyOnly(TxState),
     /// The end of a reply the lost backend had all but finished: the answers to `closes`
@@ -301,7 +302,8 @@ pub(crate) fn answers(
                 }
             }
             After::Block { .. } if request.traits.ends_tx == Some(TxEnd::Rollback) => {
-                (Answer::RolledBack, After::Outside)
+                let answered = request.answered_parts;
+                (Answer::RolledBack { answered }, After::Outside)
             }
             After::Block { announced } => {
                 let told = if announced {
@@ -358,6 +360,7 @@ mod tests {
             accepted,
             write_attempted: accepted,
             answered_bytes: false,
+            answered_parts: 0,
             boundary: Some(Boundary::Command),
             traits: Traits {
                 executes,
@@ -569,6 +572,7 @@ mod tests {
                     accepted: b(0),
                     write_attempted: b(0),
                     answered_bytes: b(1),
+                    answered_parts: 0,
                     boundary: Some(Boundary::Command),
                     traits: Traits {
                         executes: b(2),
@@ -678,7 +682,7 @@ mod tests {
                     Some(TxState::Failed)
                 ),
                 Answer::Error(Told::Aborted, Some(TxState::Failed)),
-                Answer::RolledBack,
+                Answer::RolledBack { answered: 0 },
                 Answer::Error(
                     Told::Refusal(RefusalReason::MaybeExecuted),
                     Some(TxState::Idle)

@@ -70,7 +70,7 @@ pub(crate) fn encode_answer(answer: Answer, seq: Option<u8>, client_caps: u64, o
         Answer::Error(Told::Aborted, _) => {
             MyNotice::new(error_code::CR_SERVER_LOST, LOST_STATE, TRANSACTION_GONE).encode(seq, out)
         }
-        Answer::RolledBack => encode_done(client_caps, seq, out),
+        Answer::RolledBack { .. } => encode_done(client_caps, seq, out),
     }
 }
 
@@ -99,9 +99,9 @@ mod tests {
     #[test]
     fn a_rollback_of_the_lost_transaction_is_ok_and_requests_without_reply_get_nothing() {
         let mut out = BytesMut::new();
-        encode_answer(Answer::RolledBack, None, CAPS, &mut out);
+        encode_answer(Answer::RolledBack { answered: 0 }, None, CAPS, &mut out);
         assert!(out.is_empty());
-        encode_answer(Answer::RolledBack, Some(1), CAPS, &mut out);
+        encode_answer(Answer::RolledBack { answered: 0 }, Some(1), CAPS, &mut out);
         let packet = split_packet(&mut out, 1 << 20)
             .expect("valid")
             .expect("whole");

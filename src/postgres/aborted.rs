@@ -238,8 +238,13 @@ impl Batch {
 
 /// What a request made of `request` (whole messages) is answered with when it ends the lost
 /// transaction with ROLLBACK: every part succeeds, the statement reports ROLLBACK, and
-/// ReadyForQuery is idle.
-pub(crate) fn rolled_back(request: &[u8], out: &mut BytesMut) -> Result<(), ProtocolError> {
+/// ReadyForQuery is idle. The first `answered` parts were answered by the lost backend and
+/// are left out.
+pub(crate) fn rolled_back(
+    request: &[u8],
+    answered: u32,
+    out: &mut BytesMut,
+) -> Result<(), ProtocolError> {
     let mut buf = BytesMut::from(request);
     let mut batch = Batch::default();
     while let Some(message) = pg::split_message(&mut buf, usize::MAX)? {
@@ -247,7 +252,18 @@ pub(crate) fn rolled_back(request: &[u8], out: &mut BytesMut) -> Result<(), Prot
             batch.push(&message);
         }
     }
-    reply(out, Some(TxEnd::Rollback), &batch.replies, &mut false).map(|_| ())
+    let answered = usize::try_from(answered).unwrap_or(usize::MAX);
+    match batch.replies.get(answered..) {
+        // A simple query, or parts still to answer.
+        Some(rest) if batch.replies.is_empty() || !rest.is_empty() => {
+            reply(out, Some(TxEnd::Rollback), rest, &mut false).map(|_| ())
+        }
+        // Every part was answered: only the ready marker is left.
+        _ => {
+            pg::encode_ready_for_query(TxStatus::Idle, out);
+            Ok(())
+        }
+    }
 }
 
 /// Answers one request; returns whether it ended the transaction.
@@ -398,10 +414,17 @@ mod tests {
             request.extend_from_slice(body);
         }
         let mut out = BytesMut::new();
-        rolled_back(&request, &mut out).expect("encodes");
+        rolled_back(&request, 0, &mut out).expect("encodes");
         assert_eq!(
             &out[..],
             b"1\0\0\0\x042\0\0\0\x04C\0\0\0\x0dROLLBACK\0Z\0\0\0\x05I".as_slice()
         );
+        // What the lost backend answered is not answered again.
+        out.clear();
+        rolled_back(&request, 2, &mut out).expect("encodes");
+        assert_eq!(&out[..], b"C\0\0\0\x0dROLLBACK\0Z\0\0\0\x05I".as_slice());
+        out.clear();
+        rolled_back(&request, 3, &mut out).expect("encodes");
+        assert_eq!(&out[..], b"Z\0\0\0\x05I".as_slice());
     }
 }

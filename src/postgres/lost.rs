@@ -79,8 +79,8 @@ pub(crate) fn encode_answer(
                 pg::encode_ready_for_query(tx_status(tx), out);
             }
         }
-        Answer::RolledBack => match request {
-            Some(bytes) => aborted::rolled_back(bytes, out)?,
+        Answer::RolledBack { answered } => match request {
+            Some(bytes) => aborted::rolled_back(bytes, answered, out)?,
             None => {
                 pg::encode_command_complete("ROLLBACK", out)?;
                 pg::encode_ready_for_query(pg::TxStatus::Idle, out);
@@ -117,7 +117,7 @@ mod tests {
         out.clear();
         encode_answer(Answer::Nothing, None, &mut out).expect("encodes");
         assert!(out.is_empty());
-        encode_answer(Answer::RolledBack, None, &mut out).expect("encodes");
+        encode_answer(Answer::RolledBack { answered: 0 }, None, &mut out).expect("encodes");
         assert_eq!(out[0], b'C');
         out.clear();
         let rest = Answer::Rest {

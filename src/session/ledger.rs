@@ -164,6 +164,8 @@ pub(crate) struct InFlight {
     pub(crate) write_attempted: bool,
     /// Reply bytes of it already went to the client.
     pub(crate) answered_bytes: bool,
+    /// Its parts whose answers already went to the client (PostgreSQL).
+    pub(crate) answered_parts: u32,
     /// None while the client has not sent its end.
     pub(crate) boundary: Option<Boundary>,
     pub(crate) traits: Traits,
@@ -528,6 +530,7 @@ impl<N> Ledger<N> {
             accepted: r.start < self.accepted,
             write_attempted: r.start < self.attempted,
             answered_bytes: r.reply_bytes > 0,
+            answered_parts: r.answered_parts,
             boundary: r.boundary,
             traits: r.traits,
             retained: r.retained,
