@@ -77,26 +77,15 @@ impl Progress {
     /// marker would have settled something the client cannot know (work of an implicit
     /// transaction that its Sync commits) or the progress is unsure.
     pub(crate) fn ready_state(self, start: TxState, errored: bool) -> Option<TxState> {
-        let in_block = match self {
-            Progress::Unsure => return None,
-            Progress::InBlock => true,
-            Progress::Ended => false,
-            Progress::EndedThenWorked => {
-                if !errored {
-                    return None;
-                }
-                false
-            }
-            Progress::Nothing | Progress::Worked => match start {
-                TxState::InBlock | TxState::Failed => true,
-                TxState::Idle if self == Progress::Nothing || errored => false,
-                TxState::Idle | TxState::Implicit | TxState::ImplicitFailed => {
-                    if !errored {
-                        return None;
-                    }
-                    false
-                }
-            },
+        let in_block = match (self, start) {
+            (Progress::Unsure, _) => return None,
+            (Progress::InBlock, _) => true,
+            (Progress::Ended, _) => false,
+            (Progress::Nothing | Progress::Worked, TxState::InBlock | TxState::Failed) => true,
+            (Progress::Nothing, TxState::Idle) => false,
+            // Work the Sync would commit, unless an error rolled it back.
+            _ if errored => false,
+            _ => return None,
         };
         let failed_before = start == TxState::Failed && matches!(self, Progress::Nothing);
         Some(match (in_block, errored || failed_before) {
