@@ -8,6 +8,7 @@ use crate::ops::lifecycle::DrainSignal;
 use crate::session::command_phase::{CommandPhase, Next};
 use crate::session::hooks::Hooks;
 use crate::session::ledger::TxState;
+use crate::session::on_wake::OnWake;
 use crate::session::relay::RelayEnd;
 
 /// How often a busy session looks again whether it is at rest, while draining.
@@ -25,10 +26,14 @@ impl<H: Hooks> CommandPhase<H> {
                 () = tokio::time::sleep(DRAIN_POLL) => None,
             }
         } else {
+            // The drain signal is looked at when it fires, not on each of the relay's
+            // wake-ups (one per request and one per reply).
+            let wait = std::pin::pin!(drain.wait());
+            let drain = OnWake::new(wait);
             tokio::select! {
                 biased;
                 end = self.relay() => Some(end),
-                () = drain.wait() => None,
+                () = drain => None,
             }
         }
     }

@@ -14,6 +14,7 @@ pub(crate) mod hooks;
 pub(crate) mod ledger;
 pub(crate) mod link;
 mod loss;
+mod on_wake;
 pub(crate) mod progress;
 pub(crate) mod relay;
 pub(crate) mod tracker;

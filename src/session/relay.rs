@@ -22,6 +22,7 @@ use crate::liveness::{Liveness, Probe};
 use crate::session::budget::{BufferBudget, Reservation};
 use crate::session::deadlines::{far_or, quiet_end, BackendWatch, Deadlines};
 use crate::session::framing::{BackendFramer, ClientFramer, Scanned, Walked};
+use crate::session::on_wake::OnWake;
 use crate::session::tracker::{Book, Shared};
 use crate::wire::WireError;
 
@@ -219,8 +220,9 @@ where
     // a timer per request would cost a timer-wheel insert and removal on every round trip.
     // The health check is pushed back lazily, when the timer fires, from the client's last read.
     let mut deadlines = Deadlines::new(&watch);
-    let timer = tokio::time::sleep_until(far_or(deadlines.next()));
-    tokio::pin!(timer);
+    let timer = std::pin::pin!(tokio::time::sleep_until(far_or(deadlines.next())));
+    // Polled only when it fires, not each time a request arrives.
+    let mut timer = OnWake::new(timer);
     let mut last_read = Instant::now();
     loop {
         if stream.discard > 0 && stream.scanned == 0 {
@@ -288,6 +290,7 @@ where
             client.read_buf(cbuf).await
         } else {
             tokio::select! {
+                biased;
                 read = client.read_buf(cbuf) => read,
                 () = &mut timer => {
                     let now = Instant::now();
@@ -301,7 +304,8 @@ where
                     if let Some(end) = end {
                         return end;
                     }
-                    timer.as_mut().reset(far_or(deadlines.next()));
+                    timer.inner_mut().as_mut().reset(far_or(deadlines.next()));
+                    timer.rearm();
                     continue;
                 }
             }
