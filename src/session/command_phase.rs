@@ -15,6 +15,7 @@ use crate::pool::{Checkout, Manager, PoolError};
 use crate::session::deadlines::BackendWatch;
 use crate::session::hooks::{Hooks, LocalEnd, LocalIo, Prepare};
 use crate::session::link::{Link, LinkParts};
+use crate::session::on_wake::OnWake;
 use crate::session::relay::{
     self, BackendStream, ClientBoundary, ClientStream, RelayEnd, RelayLimits,
 };
@@ -236,6 +237,11 @@ impl<H: Hooks> CommandPhase<H> {
             &self.boundary,
             self.limits,
         );
+        // Each direction is polled when its own waker fired (its socket became ready), not
+        // on every wake-up of the task: a request does not poll the idle backend read, nor a
+        // reply the client read.
+        let (down, up) = (std::pin::pin!(down), std::pin::pin!(up));
+        let (down, up) = (OnWake::new(down), OnWake::new(up));
         // The backend direction is polled first: whatever the backend sent while the session
         // was quiet (an unsolicited fatal error, a FIN) is seen before a new request is written.
         tokio::select! {
