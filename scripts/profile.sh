@@ -20,6 +20,9 @@
 #   PROFILE_CALLGRIND  transactions per client for a run of Suture under valgrind's callgrind
 #                    (user-space instructions per transaction, independent of what else the
 #                    machine runs; 0: no such run)                      [0]
+#   PROFILE_SCHED    1: one more pgbench run under `perf sched record -a`, printing how the
+#                    proxy's threads left the CPU per transaction: blocked (S) or preempted
+#                    (R), and which task ran next                        [0]
 #   SUTURE_BIN       Suture binary [target/release/suture, built with cargo build --release]
 # Needs pgbench, pgbouncer, perf and strace (apt-get installs strace and linux-perf when
 # missing).
@@ -37,6 +40,7 @@ TARGETS=${PROFILE_TARGETS:-suture pgbouncer}
 TOP=${PROFILE_TOP:-40}
 KEEP=${PROFILE_KEEP:-0}
 CALLGRIND=${PROFILE_CALLGRIND:-0}
+SCHED=${PROFILE_SCHED:-0}
 SUTURE_BIN=${SUTURE_BIN:-$ROOT/target/release/suture}
 log() { printf '%s profile: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -163,6 +167,30 @@ for target in $TARGETS; do
     echo "-- $target: perf report (self, top $TOP)"
     perf report -i "$work/$target.perf" --no-children --sort symbol --stdio 2>/dev/null |
         grep -E '^ +[0-9]' | cut -c1-120 | head -n "$TOP" || true
+
+    if [ "$SCHED" = 1 ]; then
+        perf sched record -a -q -o "$work/$target.sched" -- sleep "$SECS" >/dev/null 2>&1 &
+        schedpid=$!
+        read -r _ txs < <(pgbench_run "$port")
+        wait "$schedpid" 2>/dev/null || true
+        tids=$(ls "/proc/$pid/task" | tr '\n' ' ')
+        echo "-- $target: switches off the CPU per transaction (perf sched, $txs transactions):" \
+            "state (S blocked, R preempted) and the task that ran next"
+        perf script -i "$work/$target.sched" -F trace 2>/dev/null |
+            awk -v n="$txs" -v tids="$tids" '
+                BEGIN {split(tids, t, " "); for (i in t) mine["prev_pid=" t[i]] = 1}
+                /prev_pid=/ {
+                    pid = ""; state = ""; next_comm = ""
+                    for (i = 1; i <= NF; i++) {
+                        if ($i ~ /^prev_pid=/) pid = $i
+                        if ($i ~ /^prev_state=/) state = substr($i, 12, 1)
+                        if ($i ~ /^next_comm=/) next_comm = substr($i, 11)
+                    }
+                    if (pid in mine) count[state " " next_comm]++
+                }
+                END {for (k in count) printf "   %-30s %6.3f\n", k, count[k] / n}' |
+            sort -k3 -n -r | head -8 || true
+    fi
 done
 
 # callgrind_of suture: Suture again, on a port of its own, under callgrind, with min_idle 0 so
