@@ -141,6 +141,14 @@ impl<'a> Statement<'a> {
         }
     }
 
+    /// The statement's words, without the trailing `;`.
+    fn words(&self) -> std::str::SplitWhitespace<'a> {
+        self.head
+            .trim_end()
+            .trim_end_matches(';')
+            .split_whitespace()
+    }
+
     /// Whether the statement starts with the ASCII `prefix` (lower case), ignoring case.
     fn starts_with(&self, prefix: &str) -> bool {
         self.lead == prefix.as_bytes()[0] && starts_with_word_prefix(self.head, prefix)
@@ -154,11 +162,7 @@ impl<'a> Statement<'a> {
         {
             return false;
         }
-        let mut words = self
-            .head
-            .trim_end()
-            .trim_end_matches(';')
-            .split_whitespace();
+        let mut words = self.words();
         let first = [words.next(), words.next(), words.next()];
         let is =
             |word: Option<&str>, want: &str| word.is_some_and(|w| w.eq_ignore_ascii_case(want));
@@ -196,11 +200,7 @@ impl<'a> Statement<'a> {
         if !matches!(self.lead, b'r' | b'a' | b'c' | b'e') {
             return None;
         }
-        let mut words = self
-            .head
-            .trim_end()
-            .trim_end_matches(';')
-            .split_whitespace();
+        let mut words = self.words();
         let first = words.next()?;
         match words.next() {
             None => {}
