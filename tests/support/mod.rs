@@ -18,7 +18,9 @@ pub(crate) mod raw_mysql;
 pub(crate) mod rig;
 pub(crate) mod suture_proc;
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
+use std::sync::{Mutex, PoisonError};
 
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
@@ -27,12 +29,21 @@ pub(crate) use pg_server::{connect_dsn, dsn_for, PgServer};
 pub(crate) use raw_client::{find_sqlstate, RawClient};
 pub(crate) use suture_proc::{suture_config_for, suture_config_with, SutureProc};
 
-/// A free TCP port on 127.0.0.1 (bound, read, released).
+/// A free TCP port on 127.0.0.1 (bound, read, released), never one this process was given
+/// before: the kernel may hand out a just-released port again, and a config that got the same
+/// port for its pool and its admin listener is refused (seen in CI).
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|err| panic!("cannot bind an ephemeral port: {err}"))
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|err| panic!("cannot bind an ephemeral port: {err}"));
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// True when `SUTURE_TEST_DIRECT=1`: tests talk to PostgreSQL directly.
