@@ -35,7 +35,7 @@ impl Wake for Flag {
 }
 
 /// `inner`, polled on the first poll and afterwards only when its own waker fired (or after
-/// [`OnWake::rearm`]).
+/// [`OnWake::inner_mut`]).
 pub(crate) struct OnWake<F> {
     inner: F,
     flag: Arc<Flag>,
@@ -56,15 +56,11 @@ impl<F: Future + Unpin> OnWake<F> {
         }
     }
 
-    /// The inner future, for changes that need it polled again (a timer reset to a new
-    /// deadline): call [`OnWake::rearm`] after them.
+    /// The inner future, for a change that needs it polled again (a timer reset to a new
+    /// deadline): the next poll polls it whether or not it woke.
     pub(crate) fn inner_mut(&mut self) -> &mut F {
-        &mut self.inner
-    }
-
-    /// Polls the inner future on the next poll whether or not it woke.
-    pub(crate) fn rearm(&mut self) {
         self.flag.woken.store(true, Ordering::Release);
+        &mut self.inner
     }
 }
 
@@ -144,7 +140,7 @@ mod tests {
             1,
             "polled once, then only when woken"
         );
-        quiet.rearm();
+        // inner_mut() rearmed it: polled on the next poll.
         let polled = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut quiet).poll(cx)));
         assert!(polled.await.is_pending());
         assert_eq!(quiet.inner_mut().polls, 2);
@@ -166,7 +162,6 @@ mod tests {
         }
         let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
         timer.inner_mut().as_mut().reset(deadline);
-        timer.rearm();
         (&mut timer).await;
         assert!(tokio::time::Instant::now() >= deadline);
     }

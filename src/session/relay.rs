@@ -305,7 +305,6 @@ where
                         return end;
                     }
                     timer.inner_mut().as_mut().reset(far_or(deadlines.next()));
-                    timer.rearm();
                     continue;
                 }
             }
