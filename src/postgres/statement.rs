@@ -151,7 +151,7 @@ impl<'a> Statement<'a> {
 
     /// Whether the statement starts with the ASCII `prefix` (lower case), ignoring case.
     fn starts_with(&self, prefix: &str) -> bool {
-        self.lead == prefix.as_bytes()[0] && starts_with_word_prefix(self.head, prefix)
+        prefix.as_bytes().first() == Some(&self.lead) && starts_with_word_prefix(self.head, prefix)
     }
 
     /// The same as the function `executes_nothing` on the text.
