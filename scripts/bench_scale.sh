@@ -288,14 +288,19 @@ max_waiters = $BURST_MAX_WAITERS"
     stop_suture
 }
 
+# $1, a duration as Suture's config writes it (2s, 500ms, 1m), in seconds.
+seconds_of() {
+    awk -v t="$1" 'BEGIN { n = t + 0; if (t ~ /ms$/) n /= 1000; else if (t ~ /m$/) n *= 60; print n }'
+}
+
 # The same burst against PgBouncer (same pool size and client limit, query_wait_timeout for
 # checkout_timeout, the same listen backlog as Suture's), to compare what a connected
 # client sees during it on this machine.
 phase_burst_pgbouncer() {
     local port wait_s
     port=$(free_port)
-    wait_s=$(awk -v t="$CHECKOUT_TIMEOUT" 'BEGIN {
-        n = t + 0; if (t ~ /ms$/) n /= 1000; else if (t ~ /m$/) n *= 60; printf "%d", (n < 1 ? 1 : n) }')
+    # PgBouncer takes whole seconds.
+    wait_s=$(awk -v n="$(seconds_of "$CHECKOUT_TIMEOUT")" 'BEGIN { printf "%d", (n < 1 ? 1 : n) }')
     log "burst: $BURST postgres attempts against PgBouncer, pool of $BURST_POOL (max_client_conn $BURST_MAX_CLIENTS, query_wait_timeout $wait_s)"
     pgbouncer_userlist "$pg_bin" "$WORK" "$pg_port" || die "could not read app's SCRAM verifier"
     pgbouncer_conf "$WORK" pgbouncer-burst "$pg_port" "$port" "$BURST_POOL" 0 "$BURST_MAX_CLIENTS" "" \
@@ -412,8 +417,7 @@ main() {
     write_meta
     mkdir -p "$(dirname "$OUT")"
     local checkout_s
-    checkout_s=$(awk -v t="$CHECKOUT_TIMEOUT" 'BEGIN {
-        n = t + 0; if (t ~ /ms$/) n /= 1000; else if (t ~ /m$/) n *= 60; print n }')
+    checkout_s=$(seconds_of "$CHECKOUT_TIMEOUT")
     echo
     python3 "$DRIVER" report --dir "$WORK/json" --meta "$WORK/meta.json" --out "$OUT" \
         --checkout-timeout "$CHECKOUT_TIMEOUT" --checkout-timeout-s "$checkout_s"
