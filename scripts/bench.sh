@@ -247,7 +247,8 @@ TOML
 # Starts Suture with $work/$1.toml; sets last_suture_pid.
 start_suture() { # name port
     local name=$1 port=$2
-    "$work/suture" --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+    # In a session of its own, as PgBouncer (-d) and each PostgreSQL backend are: see lib.sh.
+    setsid "$work/suture" --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
     last_suture_pid=$!
     suture_pids+=("$last_suture_pid")
     wait_port "$port" || { cat "$work/$name.log" >&2; die "suture $name not listening"; }

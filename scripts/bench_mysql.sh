@@ -28,6 +28,8 @@ ROOT="$(pwd)"
 source scripts/lib.sh
 # shellcheck source=tests/drivers/mariadb_lib.sh
 source tests/drivers/mariadb_lib.sh
+# MariaDB and Suture each in a session of their own (see own_session_note in scripts/lib.sh).
+OWN_SESSION=setsid
 
 SECS="${BENCH_SECS:-10}"
 ROUNDS="${BENCH_ROUNDS:-3}"

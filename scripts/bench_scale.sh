@@ -224,7 +224,8 @@ start_suture() {
     local config=$1 logf=$2 port=$3 i
     "$WORK/suture" check-config -c "$config" >"$logf.check" 2>&1 ||
         { cat "$logf.check" >&2; die "config $config is invalid"; }
-    env ${PRELOAD:+LD_PRELOAD="$PRELOAD"} "$WORK/suture" --config "$config" >"$logf" 2>&1 &
+    # In a session of its own, as PgBouncer (-d) is: see lib.sh.
+    setsid env ${PRELOAD:+LD_PRELOAD="$PRELOAD"} "$WORK/suture" --config "$config" >"$logf" 2>&1 &
     SUTURE_PID=$!
     suture_pids+=("$SUTURE_PID")
     for i in $(seq 100); do

@@ -2,6 +2,17 @@
 # Shell helpers shared by quickstart.sh, the bench and profile scripts and the driver suite
 # (ports, a throwaway PostgreSQL, PgBouncer);
 # sourced, not run.
+#
+# Sessions and the scheduler: Linux puts each session (setsid) in a scheduler autogroup of its
+# own (CONFIG_SCHED_AUTOGROUP, on by default), and the CPU is shared fairly between groups
+# first. PgBouncer (-d) daemonizes into its own session and every PostgreSQL backend calls
+# setsid, so a proxy started as `cmd &` from a bench script is the one process left sharing a
+# group with the load generator (pgbench, sysbench). On the 2-CPU machine, at `pgbench -S
+# -c 8`, Suture started that way was switched out 0.75-0.89 times per transaction, and 0.51-0.57
+# times in a session of its own (PgBouncer: 0.51-0.58), and its CPU per transaction fell by
+# about a tenth (docs/performance.md, "The autogroup"). The bench and profile
+# scripts therefore start Suture, and MariaDB, with setsid, as a container or a systemd unit
+# would be on its own.
 
 # Runs a command as the postgres OS user when we are root (initdb and postgres refuse root).
 as_pg() {

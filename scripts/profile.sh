@@ -15,6 +15,9 @@
 #   PROFILE_CLIENTS  pgbench clients                                   [8]
 #   PROFILE_MODE     pgbench -M: simple, extended or prepared          [simple]
 #   PROFILE_TARGETS  proxies to profile: suture, pgbouncer             [suture pgbouncer]
+#   PROFILE_TRANSPORT  how pgbench reaches the proxy: tcp, or unix (Suture's pool listens on
+#                    unix:WORK/suture-sock/.s.PGSQL.PORT, PgBouncer on its unix_socket_dir;
+#                    both still reach PostgreSQL over TCP)                [tcp]
 #   PROFILE_TOP      lines of `perf report` printed per proxy          [40]
 #   PROFILE_KEEP     1: keep the work directory (perf.data, logs)      [0]
 #   PROFILE_CALLGRIND  transactions per client for a run of Suture under valgrind's callgrind
@@ -37,6 +40,12 @@ SECS=${PROFILE_SECS:-10}
 CLIENTS=${PROFILE_CLIENTS:-8}
 MODE=${PROFILE_MODE:-simple}
 TARGETS=${PROFILE_TARGETS:-suture pgbouncer}
+TRANSPORT=${PROFILE_TRANSPORT:-tcp}
+case $TRANSPORT in tcp | unix) ;; *) echo "PROFILE_TRANSPORT: tcp or unix" >&2; exit 2 ;; esac
+if [ "$TRANSPORT" = unix ] && [ "${PROFILE_CALLGRIND:-0}" -gt 0 ]; then
+    echo "PROFILE_CALLGRIND runs over TCP only; leave PROFILE_TRANSPORT at tcp" >&2
+    exit 2
+fi
 TOP=${PROFILE_TOP:-40}
 KEEP=${PROFILE_KEEP:-0}
 CALLGRIND=${PROFILE_CALLGRIND:-0}
@@ -81,13 +90,19 @@ pg_scratch_start "$pg_bin" "$work" "$pg_port" 100
 as_pg "$pg_bin/pgbench" -h "$work" -p "$pg_port" -U app -i -s 10 -q app >"$work/init.log" 2>&1
 
 suture_port=$(free_port)
+suture_listen=127.0.0.1:$suture_port
+if [ "$TRANSPORT" = unix ]; then
+    mkdir -p "$work/suture-sock" "$work/pgbouncer-sock"
+    chown postgres:postgres "$work/pgbouncer-sock"
+    suture_listen=unix:$work/suture-sock/.s.PGSQL.$suture_port
+fi
 cat >"$work/suture.toml" <<TOML
 [admin]
 listen = "127.0.0.1:$(free_port)"
 
 [pools.app]
 protocol = "postgres"
-listen = "127.0.0.1:$suture_port"
+listen = "$suture_listen"
 servers = ["127.0.0.1:$pg_port"]
 tls = "disable"
 min_idle = $CLIENTS
@@ -97,14 +112,22 @@ max_size = $(( CLIENTS * 2 ))
 password = "app-secret"
 TOML
 cp "$SUTURE_BIN" "$work/suture"
-"$work/suture" --config "$work/suture.toml" >"$work/suture.log" 2>&1 &
+# In a session of its own, as PgBouncer (-d) is: see lib.sh.
+setsid "$work/suture" --config "$work/suture.toml" >"$work/suture.log" 2>&1 &
 suture_pid=$!
 pids+=("$suture_pid")
-wait_port "$suture_port" || { cat "$work/suture.log" >&2; exit 1; }
+if [ "$TRANSPORT" = unix ]; then
+    for _ in $(seq 100); do [ -S "$work/suture-sock/.s.PGSQL.$suture_port" ] && break; sleep 0.1; done
+    [ -S "$work/suture-sock/.s.PGSQL.$suture_port" ] || { cat "$work/suture.log" >&2; exit 1; }
+else
+    wait_port "$suture_port" || { cat "$work/suture.log" >&2; exit 1; }
+fi
 
 pgb_port=$(free_port)
 pgbouncer_userlist "$pg_bin" "$work" "$pg_port"
-pgbouncer_conf "$work" pgbouncer "$pg_port" "$pgb_port" $(( CLIENTS * 2 )) "$CLIENTS" 100
+pgb_sock=
+[ "$TRANSPORT" = unix ] && pgb_sock=$work/pgbouncer-sock
+pgbouncer_conf "$work" pgbouncer "$pg_port" "$pgb_port" $(( CLIENTS * 2 )) "$CLIENTS" 100 "$pgb_sock"
 pgbouncer_start "$work" pgbouncer "$pgb_port"
 sleep 1
 
@@ -118,8 +141,11 @@ thread_switches() {
     done
 }
 CLK_TCK=$(getconf CLK_TCK)
-pgbench_run() { # port -> prints "tps transactions"
-    PGPASSWORD=app-secret "$pg_bin/pgbench" -h 127.0.0.1 -p "$1" -U app -n -S -M "$MODE" \
+host_of() { # target
+    if [ "$TRANSPORT" = tcp ]; then echo 127.0.0.1; else echo "$work/$1-sock"; fi
+}
+pgbench_run() { # port -> prints "tps transactions" (the host is $host)
+    PGPASSWORD=app-secret "$pg_bin/pgbench" -h "$host" -p "$1" -U app -n -S -M "$MODE" \
         -c "$CLIENTS" -j "$(( CLIENTS < 2 ? CLIENTS : 2 ))" -T "$SECS" app 2>&1 |
         awk '/number of transactions actually processed/ {split($NF, a, "/"); n = a[1]}
              /^tps/ {t = $3} END {print t, n}'
@@ -131,6 +157,7 @@ for target in $TARGETS; do
         pgbouncer) port=$pgb_port pid=$(cat "$work/pgbouncer.pid") ;;
         *) log "unknown target $target"; exit 1 ;;
     esac
+    host=$(host_of "$target")
     perf stat -x, -e context-switches -p "$pid" -o "$work/$target.stat" &
     statpid=$!
     thread_switches "$pid" >"$work/$target.switches0"

@@ -40,7 +40,9 @@ mariadb_start() {
     shift 2
     local log="$work/mdb/mariadb.err" offset=0
     [[ -f "$log" ]] && offset=$(stat -c %s "$log")
-    /usr/sbin/mariadbd --no-defaults --datadir="$work/mdb/data" --port="$port" \
+    # OWN_SESSION=setsid (the bench scripts) runs it in a session, and so a scheduler
+    # autogroup, of its own, as a server on its own host or in its own container would be.
+    ${OWN_SESSION:-} /usr/sbin/mariadbd --no-defaults --datadir="$work/mdb/data" --port="$port" \
         --bind-address=127.0.0.1 --socket="$work/mdb/mysqld.sock" \
         --pid-file="$work/mdb/mariadbd.pid" --log-error="$log" --tmpdir="$work/mdb/tmp" \
         $( [[ "$(id -u)" -eq 0 ]] && echo --user=mysql ) \
@@ -115,7 +117,7 @@ EOF
 # Starts SUTURE_BIN with config FILE, logging to LOG; waits until PORT accepts TCP. Sets SUTURE_PID.
 start_suture_mysql() {
     local file=$1 log=$2 port=$3
-    "$SUTURE_BIN" --config "$file" >"$log" 2>&1 &
+    ${OWN_SESSION:-} "$SUTURE_BIN" --config "$file" >"$log" 2>&1 &
     SUTURE_PID=$!
     local i
     for i in $(seq 100); do
