@@ -262,3 +262,65 @@ async fn rollback_lost_after_an_answered_statement_repeats_nothing() -> anyhow::
     .await;
     rig.finish(result)
 }
+
+/// Inside a block, a COMMIT that fails (a deferred foreign key), pipelined,
+/// lost right before the ReadyForQuery. PostgreSQL rolls a block whose
+/// COMMIT fails back and leaves it, so a live server ends the batch with an
+/// idle ReadyForQuery, not a failed-block one: the client must get the
+/// server's one error and `I`, and its next statement runs outside a block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_commit_lost_before_ready_leaves_the_block() -> anyhow::Result<()> {
+    let rig = Rig::start(&[("min_idle", "0")]).await?;
+    let result = async {
+        let su = rig.superuser().await?;
+        within(su.batch_execute(
+            "CREATE TABLE fk_parent (id int PRIMARY KEY); \
+             CREATE TABLE fk_child (p int REFERENCES fk_parent DEFERRABLE INITIALLY DEFERRED); \
+             GRANT ALL ON fk_parent, fk_child TO app",
+        ))
+        .await??;
+        let batch = pipelined(&["COMMIT"])?;
+        let opening = ["BEGIN", "INSERT INTO fk_child VALUES (1)"];
+        let mut direct = raw_app(rig.pg.port()).await?;
+        for sql in opening {
+            direct.send_query(sql).await?;
+            direct.read_until_ready(STEP).await?;
+        }
+        direct.send(&batch).await?;
+        let live = direct.read_until_ready(STEP).await?;
+        drop(direct);
+        ensure!(
+            sqlstates(&live) == ["23503"] && ready_status(&live) == Some('I'),
+            "a live server answers the failed COMMIT with {} {:?}",
+            tags(&live),
+            sqlstates(&live)
+        );
+        let mut raw = raw_app(rig.suture.port()).await?;
+        for sql in opening {
+            raw.send_query(sql).await?;
+            raw.read_until_ready(STEP).await?;
+        }
+        rig.relay
+            .cut_open_after(Direction::ToClient, wire_len(&live[..live.len() - 1]))
+            .await?;
+        raw.send(&batch).await?;
+        let got = raw.read_until_ready(STEP).await?;
+        ensure!(
+            tags(&got) == tags(&live) && sqlstates(&got) == ["23503"],
+            "failed COMMIT, lost before ReadyForQuery: got {} {:?}, a live server sends {}",
+            tags(&got),
+            sqlstates(&got),
+            tags(&live)
+        );
+        ensure!(
+            ready_status(&got) == Some('I'),
+            "the failed COMMIT left the block, but the client was told {:?}",
+            ready_status(&got)
+        );
+        let rows = count(&rig, "SELECT count(*) FROM fk_child").await?;
+        ensure!(rows == 0, "the failed COMMIT left {rows} rows");
+        select_7_works(&mut raw).await
+    }
+    .await;
+    rig.finish(result)
+}
