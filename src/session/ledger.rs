@@ -99,6 +99,11 @@ pub(crate) enum Reply {
     Ready(TxState),
 }
 
+/// The bit of counted part `index` in [`Request::commit_parts`]; none past the 64th.
+fn part_bit(index: u32) -> u64 {
+    1u64.checked_shl(index).unwrap_or(0)
+}
+
 /// One request in flight.
 #[derive(Debug)]
 struct Request<N> {
@@ -121,6 +126,9 @@ struct Request<N> {
     skipped: bool,
     /// Counted parts since its last one that is not a Close (PostgreSQL).
     trailing_closes: u32,
+    /// Bit `i` set: counted part `i` (of the first 64) is an Execute of COMMIT or END. An
+    /// error answering it is a failed COMMIT, which leaves the block.
+    commit_parts: u64,
     /// What its answered statements did to the transaction.
     progress: Progress,
     /// When its first byte was read (for `suture_request_duration_seconds`).
@@ -251,6 +259,7 @@ impl<N> Ledger<N> {
                 errored: false,
                 skipped: false,
                 trailing_closes: 0,
+                commit_parts: 0,
                 progress: Progress::default(),
                 started: Instant::now(),
                 note: note(),
@@ -293,6 +302,9 @@ impl<N> Ledger<N> {
         request.parts += u32::from(counted);
         if counted {
             request.trailing_closes = 0;
+            if traits.ends_tx == Some(TxEnd::Commit) {
+                request.commit_parts |= part_bit(request.parts - 1);
+            }
         }
         request.traits.merge(traits);
         self.append_to_newest(message);
@@ -445,6 +457,11 @@ impl<N> Ledger<N> {
                     return;
                 };
                 front.reply_bytes += len;
+                // The first error answers the oldest unanswered part; the backend then skips
+                // to the Sync.
+                if !front.errored && front.commit_parts & part_bit(front.answered_parts) != 0 {
+                    front.progress = front.progress.then(Completion::CommitFailed);
+                }
                 front.errored = true;
                 match front.boundary {
                     // Inside a command or a Sync batch: the ready marker follows.
@@ -764,6 +781,52 @@ mod tests {
         let mut l = ledger();
         l.end(b"S", Boundary::Sync, NOTHING, 1);
         assert_eq!(l.owes_only_ready(), None);
+    }
+
+    /// Inside a block, Parse, Bind, Execute of COMMIT, Close, Sync; the backend answered
+    /// `answered` parts, then an error.
+    fn failed_in_block(execute: Traits, answered: usize) -> Ledger<u32> {
+        let mut l = ledger();
+        l.tx = TxState::InBlock;
+        l.part(b"P", true, NOTHING, 1);
+        l.part(b"B", true, NOTHING, 1);
+        l.part(b"E", true, execute, 1);
+        l.close_part(b"C", 1);
+        l.end(b"S", Boundary::Sync, NOTHING, 1);
+        accept(&mut l, 5);
+        for _ in 0..answered {
+            assert!(done(&mut l, Reply::Part { answers_part: true }, 5).is_empty());
+        }
+        assert!(done(&mut l, Reply::Error, 20).is_empty());
+        l
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_the_block() {
+        let commit = Traits {
+            may_commit: true,
+            ends_tx: Some(TxEnd::Commit),
+            ..Q
+        };
+        let owed = |ready| Some(OwedReady { closes: 0, ready });
+        // The COMMIT's Execute answered with an error: rolled back, the block is gone.
+        assert_eq!(
+            failed_in_block(commit, 2).owes_only_ready(),
+            owed(TxState::Idle)
+        );
+        // Its Bind failed: the COMMIT never ran, the block is failed.
+        assert_eq!(
+            failed_in_block(commit, 1).owes_only_ready(),
+            owed(TxState::Failed)
+        );
+        // Any other statement failing inside the block leaves it failed.
+        assert_eq!(
+            failed_in_block(Q, 2).owes_only_ready(),
+            owed(TxState::Failed)
+        );
+        // Past the 64 parts the ledger marks, a failed COMMIT is taken for a failed block.
+        assert_eq!(part_bit(63), 1 << 63);
+        assert_eq!(part_bit(64), 0);
     }
 
     #[test]

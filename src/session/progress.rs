@@ -18,6 +18,10 @@ pub(crate) enum Completion {
     /// ROLLBACK: the end of the block, or a rollback to a savepoint inside it; the tag does not
     /// say which.
     RolledBack,
+    /// COMMIT (or END) answered with an error (a deferred constraint, a serialization failure,
+    /// a timeout at commit): PostgreSQL rolls the block back and leaves it (xact.c: a failure
+    /// while committing returns to the default state), so it ended the block as well.
+    CommitFailed,
     /// Anything else that ran.
     Other,
 }
@@ -61,7 +65,7 @@ impl Progress {
             (_, Completion::RolledBack) => Progress::Unsure,
             // Whatever came before, a block began or ended here.
             (_, Completion::Began) => Progress::InBlock,
-            (_, Completion::Ended) => Progress::Ended,
+            (_, Completion::Ended | Completion::CommitFailed) => Progress::Ended,
             (Progress::Unsure, Completion::Other) => Progress::Unsure,
             (Progress::Nothing | Progress::Worked, Completion::Other) => Progress::Worked,
             (Progress::InBlock, Completion::Other) => Progress::InBlock,
