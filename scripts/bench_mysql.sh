@@ -16,6 +16,9 @@
 #   BENCH_ROUNDS   interleaved rounds; the median is reported        [3]
 #   BENCH_THREADS  sysbench threads (= Suture max_size)              [8]
 #   BENCH_SIZE     rows per table (1 table)                          [10000]
+#   BENCH_CASES    workload:threads:transport list      [the eight-thread and one-thread cases above]
+#   BENCH_OWN_SESSION  1: MariaDB and Suture each in a session (scheduler autogroup) of their
+#                  own, as in scripts/lib.sh; 0: in this script's, beside sysbench  [1]
 #   SUTURE_BIN     suture binary [target/release/suture, built with cargo build --release]
 # Needs sysbench (scripts/install-deps.sh installs it), mariadbd and mariadb-install-db.
 # sysbench uses server-side prepared statements (--db-ps-mode=auto).
@@ -28,8 +31,9 @@ ROOT="$(pwd)"
 source scripts/lib.sh
 # shellcheck source=tests/drivers/mariadb_lib.sh
 source tests/drivers/mariadb_lib.sh
-# MariaDB and Suture each in a session of their own (see own_session_note in scripts/lib.sh).
-OWN_SESSION=setsid
+# MariaDB and Suture each in a session of their own (see the note at the top of scripts/lib.sh).
+OWN_SESSION=
+[[ ${BENCH_OWN_SESSION:-1} == 1 ]] && OWN_SESSION=setsid
 
 SECS="${BENCH_SECS:-10}"
 ROUNDS="${BENCH_ROUNDS:-3}"
@@ -136,6 +140,7 @@ measure() {
 
 CASES="oltp_point_select:$THREADS:tcp oltp_point_select:1:tcp oltp_read_only:$THREADS:tcp"
 CASES+=" oltp_read_write:$THREADS:tcp oltp_point_select:$THREADS:unix oltp_point_select:1:unix"
+CASES=${BENCH_CASES:-$CASES}
 for round in $(seq "$ROUNDS"); do
     for case in $CASES; do
         order=$TARGETS
