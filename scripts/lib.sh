@@ -12,7 +12,9 @@
 # times in a session of its own (PgBouncer: 0.51-0.58), and its CPU per transaction fell by
 # about a tenth (docs/performance.md, "The autogroup"). The bench and profile
 # scripts therefore start Suture, and MariaDB, with setsid, as a container or a systemd unit
-# would be on its own.
+# would be on its own, so the two proxies are placed alike. (It does not favour Suture
+# everywhere: beside sysbench's eight threads, Suture's MySQL CPU per query is higher in a
+# group of its own; bench_mysql.sh BENCH_OWN_SESSION=0 shows the other placement.)
 
 # Runs a command as the postgres OS user when we are root (initdb and postgres refuse root).
 as_pg() {
