@@ -783,8 +783,8 @@ mod tests {
         assert_eq!(l.owes_only_ready(), None);
     }
 
-    /// Inside a block, Parse, Bind, Execute of COMMIT, Close, Sync; the backend answered
-    /// `answered` parts, then an error.
+    /// Inside a block, Parse, Bind, an Execute with the traits `execute`, Close, Sync; the
+    /// backend answered `answered` parts, then an error.
     fn failed_in_block(execute: Traits, answered: usize) -> Ledger<u32> {
         let mut l = ledger();
         l.tx = TxState::InBlock;
