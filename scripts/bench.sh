@@ -638,11 +638,7 @@ main() {
     start_suture suture "$suture_port"
     suture_pid=$last_suture_pid
     # The TCP pool answers first; the Unix one is bound right after it.
-    local _
-    for _ in $(seq 1 100); do
-        [ -S "$work/suture-sock/.s.PGSQL.$suture_port" ] && break
-        sleep 0.1
-    done
+    wait_socket "$work/suture-sock/.s.PGSQL.$suture_port" || true
     log "direct :$pg_port  pgbouncer :$pgb_port  suture :$suture_port  (work dir $work)"
 
     # Each target must answer before anything is measured.

@@ -88,10 +88,7 @@ if ! start_suture_mysql "$WORK/suture.toml" "$WORK/suture.log" "$SUTURE_PORT"; t
     log "suture could not be started: measuring direct only"
     TARGETS="direct"
 fi
-for _ in $(seq 100); do
-    [[ -S $SUTURE_SOCK ]] && break
-    sleep 0.1
-done
+wait_socket "$SUTURE_SOCK" || true
 
 # sb TRANSPORT PORT-OR-SOCKET WORKLOAD ACTION [args]
 sb() {

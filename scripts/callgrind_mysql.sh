@@ -67,19 +67,12 @@ VG=$!
 wait_port "$PORT" 300 || { cat "$WORK/cg.log" >&2; exit 1; }
 sb "$PORT" run --threads=8 --events=400 --time=0 >/dev/null
 short=$(( EVENTS / 5 ))
+counted_run() { sb "$PORT" run --threads=8 --events="$1" --time=0 >"$WORK/run-$1.log"; }
 for n in "$short" "$EVENTS"; do
-    # callgrind_control's requests are seen when the process next runs: sent before the traffic.
-    callgrind_control -z "$VG" >/dev/null &
-    ctl=$!
-    sleep 1
-    sb "$PORT" run --threads=8 --events="$n" --time=0 >"$WORK/run-$n.log"
-    wait "$ctl" || true
-    sleep 1
-    callgrind_control -d "$VG" >/dev/null
+    callgrind_window "$VG" counted_run "$n"
 done
-total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'; }
-first=$(total "$WORK/cg.1")
-second=$(total "$WORK/cg.2")
+first=$(callgrind_total "$WORK/cg.1")
+second=$(callgrind_total "$WORK/cg.2")
 echo "-- suture, MySQL: user-space instructions per oltp_point_select (callgrind, $short and" \
     "$EVENTS events, difference over $(( EVENTS - short )))"
 awk -v a="$first" -v b="$second" -v n=$(( EVENTS - short )) \

@@ -54,6 +54,38 @@ wait_port() {
     return 1
 }
 
+# Waits until $1 is a socket (a Unix-socket listener is bound), for at most $2 tenths of a
+# second (default 100); non-zero when it never was.
+wait_socket() {
+    local _
+    for _ in $(seq 1 "${2:-100}"); do
+        [ -S "$1" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# One counted window of a process running under valgrind's callgrind: zeroes the counts of
+# process $1, runs the rest of the arguments (the traffic), then dumps the counts to the next
+# numbered part of its callgrind output file. callgrind_control's requests are seen only when
+# the process next runs, so each is sent before the traffic that wakes it.
+callgrind_window() { # PID COMMAND...
+    local pid=$1 ctl
+    shift
+    callgrind_control -z "$pid" >/dev/null &
+    ctl=$!
+    sleep 1
+    "$@"
+    wait "$ctl" || true
+    sleep 1
+    callgrind_control -d "$pid" >/dev/null
+}
+
+# The instructions counted in callgrind output file $1 (PROGRAM TOTALS).
+callgrind_total() {
+    callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
+}
+
 log_lib() { printf '%s lib: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # ---------------------------------------------------------------- PostgreSQL and PgBouncer

@@ -117,8 +117,7 @@ setsid "$work/suture" --config "$work/suture.toml" >"$work/suture.log" 2>&1 &
 suture_pid=$!
 pids+=("$suture_pid")
 if [ "$TRANSPORT" = unix ]; then
-    for _ in $(seq 100); do [ -S "$work/suture-sock/.s.PGSQL.$suture_port" ] && break; sleep 0.1; done
-    [ -S "$work/suture-sock/.s.PGSQL.$suture_port" ] || { cat "$work/suture.log" >&2; exit 1; }
+    wait_socket "$work/suture-sock/.s.PGSQL.$suture_port" || { cat "$work/suture.log" >&2; exit 1; }
 else
     wait_port "$suture_port" || { cat "$work/suture.log" >&2; exit 1; }
 fi
@@ -238,25 +237,21 @@ callgrind_of() {
     wait_port "$port" 300 || { cat "$work/cg.log" >&2; return 1; }
     # Two counted runs, of N/5 and N transactions per client, each with its own logins (the
     # SCRAM key derivations of new clients and backends would swamp a round trip): the
-    # difference is what N - N/5 round trips cost. callgrind_control's requests are seen when
-    # the process next runs, so each is sent before the traffic that wakes it.
+    # difference is what N - N/5 round trips cost.
     PGPASSWORD=app-secret "$pg_bin/pgbench" -h 127.0.0.1 -p "$port" -U app -n -S -M "$MODE" \
         -c "$CLIENTS" -j 2 -t 50 app >/dev/null 2>&1
-    local short=$(( CALLGRIND / 5 )) n ctl
-    for n in "$short" "$CALLGRIND"; do
-        callgrind_control -z "$pid" >/dev/null &
-        ctl=$!
-        sleep 1
+    local short=$(( CALLGRIND / 5 )) n
+    counted_run() { # transactions per client
         PGPASSWORD=app-secret "$pg_bin/pgbench" -h 127.0.0.1 -p "$port" -U app -n -S \
-            -M "$MODE" -c "$CLIENTS" -j 2 -t "$n" app >/dev/null 2>&1
-        wait "$ctl" || true
-        sleep 1
-        callgrind_control -d "$pid" >/dev/null
+            -M "$MODE" -c "$CLIENTS" -j 2 -t "$1" app >/dev/null 2>&1
+    }
+    for n in "$short" "$CALLGRIND"; do
+        callgrind_window "$pid" counted_run "$n"
     done
     kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
     local first second
-    first=$(callgrind_annotate "$work/cg.$target.1" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    second=$(callgrind_annotate "$work/cg.$target.2" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    first=$(callgrind_total "$work/cg.$target.1")
+    second=$(callgrind_total "$work/cg.$target.2")
     echo "-- $target: user-space instructions per transaction (callgrind, -t $short and -t" \
         "$CALLGRIND per client, difference over $(( (CALLGRIND - short) * CLIENTS )) transactions)"
     awk -v a="$first" -v b="$second" -v n=$(( (CALLGRIND - short) * CLIENTS )) \
