@@ -101,6 +101,15 @@ async fn cut_before_the_end(
     Ok((live, got))
 }
 
+/// Runs each of `sqls` as a simple query, waiting for its ReadyForQuery.
+async fn run_all(raw: &mut RawClient, sqls: &[&str]) -> anyhow::Result<()> {
+    for sql in sqls {
+        raw.send_query(sql).await?;
+        raw.read_until_ready(STEP).await?;
+    }
+    Ok(())
+}
+
 async fn count(rig: &Rig, sql: &str) -> anyhow::Result<i64> {
     Ok(within(rig.superuser().await?.query_one(sql, &[]))
         .await??
@@ -233,11 +242,9 @@ async fn rollback_lost_after_an_answered_statement_repeats_nothing() -> anyhow::
             .await??;
         let batch = pipelined(&["INSERT INTO back_t VALUES (1)", "ROLLBACK"])?;
         let mut raw = raw_app(rig.suture.port()).await?;
-        raw.send_query("BEGIN").await?;
-        raw.read_until_ready(STEP).await?;
+        run_all(&mut raw, &["BEGIN"]).await?;
         let mut direct = raw_app(rig.pg.port()).await?;
-        direct.send_query("BEGIN").await?;
-        direct.read_until_ready(STEP).await?;
+        run_all(&mut direct, &["BEGIN"]).await?;
         direct.send(&batch).await?;
         let live = direct.read_until_ready(STEP).await?;
         drop(direct);
@@ -282,10 +289,7 @@ async fn failed_commit_lost_before_ready_leaves_the_block() -> anyhow::Result<()
         let batch = pipelined(&["COMMIT"])?;
         let opening = ["BEGIN", "INSERT INTO fk_child VALUES (1)"];
         let mut direct = raw_app(rig.pg.port()).await?;
-        for sql in opening {
-            direct.send_query(sql).await?;
-            direct.read_until_ready(STEP).await?;
-        }
+        run_all(&mut direct, &opening).await?;
         direct.send(&batch).await?;
         let live = direct.read_until_ready(STEP).await?;
         drop(direct);
@@ -296,10 +300,7 @@ async fn failed_commit_lost_before_ready_leaves_the_block() -> anyhow::Result<()
             sqlstates(&live)
         );
         let mut raw = raw_app(rig.suture.port()).await?;
-        for sql in opening {
-            raw.send_query(sql).await?;
-            raw.read_until_ready(STEP).await?;
-        }
+        run_all(&mut raw, &opening).await?;
         rig.relay
             .cut_open_after(Direction::ToClient, wire_len(&live[..live.len() - 1]))
             .await?;
