@@ -507,10 +507,28 @@ impl<N> Ledger<N> {
         }
     }
 
-    /// The transaction state after the oldest request, a Flush batch, was answered.
+    /// The transaction state after the oldest request, a Flush batch, was answered (up to
+    /// an error when `errored`, after which the backend skips to the Sync). What its answered
+    /// statements did to the block decides it; only when they did not change the block does
+    /// the state before the batch (DESIGN §3).
     fn after_flush_batch(&self, errored: bool) -> TxState {
-        let executes = self.requests.front().is_some_and(|r| r.traits.executes);
-        match (self.tx, errored) {
+        let Some(front) = self.requests.front() else {
+            return self.tx;
+        };
+        // The block the batch leaves the client in, and whether anything ran outside one.
+        let (before, executes) = match front.progress {
+            // A BEGIN was answered: inside the block it opened.
+            Progress::InBlock => (TxState::InBlock, false),
+            // A COMMIT was answered (or failed, which rolls the block back and leaves it):
+            // outside, with nothing run since.
+            Progress::Ended => (TxState::Idle, false),
+            // Statements ran after the block ended: in an implicit transaction.
+            Progress::EndedThenWorked => (TxState::Idle, true),
+            Progress::Nothing | Progress::Worked | Progress::Unsure => {
+                (self.tx, front.traits.executes)
+            }
+        };
+        match (before, errored) {
             (TxState::InBlock | TxState::Failed, true) => TxState::Failed,
             (TxState::Idle | TxState::Implicit | TxState::ImplicitFailed, true) => {
                 TxState::ImplicitFailed
@@ -849,6 +867,73 @@ mod tests {
         accept(&mut l, 1);
         assert_eq!(done(&mut l, Reply::Ready(TxState::Idle), 6), vec![2]);
         assert_eq!(l.tx(), TxState::Idle);
+    }
+
+    /// Parse, Bind, an Execute with the traits `execute`, Flush, from `tx`; its
+    /// CommandComplete says `completion`, or an error answers it when that is None.
+    fn flushed_statement(tx: TxState, execute: Traits, completion: Option<Completion>) -> TxState {
+        let mut l = ledger();
+        l.tx = tx;
+        l.part(b"P", true, NOTHING, 1);
+        l.part(b"B", true, NOTHING, 1);
+        l.part(b"E", true, execute, 1);
+        l.end(b"H", Boundary::Flush, NOTHING, 1);
+        accept(&mut l, 4);
+        done_parts(&mut l, 2);
+        let completed = match completion {
+            Some(completion) => {
+                l.statement_completed(completion);
+                done_parts(&mut l, 1)
+            }
+            None => done(&mut l, Reply::Error, 30),
+        };
+        assert_eq!(completed, vec![1]);
+        l.tx()
+    }
+
+    fn done_parts(l: &mut Ledger<u32>, n: usize) -> Vec<u32> {
+        (0..n)
+            .flat_map(|_| done(l, Reply::Part { answers_part: true }, 5))
+            .collect()
+    }
+
+    #[test]
+    fn a_flush_batch_leaves_the_block_its_statements_left() {
+        let commit = Traits {
+            may_commit: true,
+            ends_tx: Some(TxEnd::Commit),
+            ..Q
+        };
+        use Completion::{Began, Ended, Other};
+        // BEGIN answered: inside a block, not an implicit transaction.
+        assert_eq!(
+            flushed_statement(TxState::Idle, NOTHING, Some(Began)),
+            TxState::InBlock
+        );
+        // COMMIT answered: outside, nothing open.
+        assert_eq!(
+            flushed_statement(TxState::InBlock, commit, Some(Ended)),
+            TxState::Idle
+        );
+        // COMMIT failed: the block is rolled back and gone; the backend skips to the Sync.
+        assert_eq!(
+            flushed_statement(TxState::InBlock, commit, None),
+            TxState::ImplicitFailed
+        );
+        // Any other statement failing inside the block leaves it failed.
+        assert_eq!(
+            flushed_statement(TxState::InBlock, Q, None),
+            TxState::Failed
+        );
+        // Other statements leave the block as it was, or open an implicit transaction.
+        assert_eq!(
+            flushed_statement(TxState::InBlock, Q, Some(Other)),
+            TxState::InBlock
+        );
+        assert_eq!(
+            flushed_statement(TxState::Idle, Q, Some(Other)),
+            TxState::Implicit
+        );
     }
 
     #[test]
