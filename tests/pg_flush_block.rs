@@ -13,50 +13,13 @@ mod support;
 use anyhow::{ensure, Context as _};
 use bytes::BytesMut;
 use std::time::Duration;
-use support::raw_client::{error_fields, ext, BackendMsg};
+use support::raw_client::{ext, BackendMsg};
+use support::replies::{raw_app, ready_status, run_all, select_7_works, sqlstates, tags};
 use support::rig::{within, Rig, STEP};
 use support::RawClient;
 
 /// Time for Suture to notice the lost backend before the client's Sync.
 const SETTLE: Duration = Duration::from_millis(500);
-
-async fn raw_app(port: u16) -> anyhow::Result<RawClient> {
-    let mut raw = RawClient::connect(port).await?;
-    raw.login("app", "app-secret", "app").await?;
-    Ok(raw)
-}
-
-fn tags(msgs: &[BackendMsg]) -> String {
-    msgs.iter().map(|m| char::from(m.tag)).collect()
-}
-
-fn sqlstates(msgs: &[BackendMsg]) -> Vec<String> {
-    msgs.iter()
-        .filter(|m| m.tag == b'E')
-        .filter_map(|m| {
-            error_fields(&m.body)
-                .into_iter()
-                .find(|(c, _)| *c == b'C')
-                .map(|(_, v)| v)
-        })
-        .collect()
-}
-
-fn ready_status(msgs: &[BackendMsg]) -> Option<char> {
-    msgs.last()
-        .filter(|m| m.tag == b'Z')
-        .and_then(|m| m.body.first())
-        .map(|&b| char::from(b))
-}
-
-/// Runs each of `sqls` as a simple query, waiting for its ReadyForQuery.
-async fn run_all(raw: &mut RawClient, sqls: &[&str]) -> anyhow::Result<()> {
-    for sql in sqls {
-        raw.send_query(sql).await?;
-        raw.read_until_ready(STEP).await?;
-    }
-    Ok(())
-}
 
 /// Sends `sql` as Parse, Bind, Execute, Flush and reads its answer, up to the
 /// Execute's CommandComplete or an error.
@@ -116,17 +79,6 @@ async fn count(rig: &Rig, sql: &str) -> anyhow::Result<i64> {
     Ok(within(rig.superuser().await?.query_one(sql, &[]))
         .await??
         .get(0))
-}
-
-async fn select_7_works(raw: &mut RawClient) -> anyhow::Result<()> {
-    raw.send_query("SELECT 7::int4").await?;
-    let next = raw.read_until_ready(STEP).await?;
-    ensure!(
-        tags(&next) == "TDCZ" && ready_status(&next) == Some('I'),
-        "the session after the loss answered {}",
-        tags(&next)
-    );
-    Ok(())
 }
 
 /// Inside a block, COMMIT behind a Flush, answered: the block committed, so

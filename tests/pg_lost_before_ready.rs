@@ -19,16 +19,10 @@ mod support;
 use anyhow::{ensure, Context as _};
 use bytes::BytesMut;
 use support::fault_relay::Direction;
-use support::raw_client::{error_fields, ext, BackendMsg};
+use support::raw_client::{ext, BackendMsg};
+use support::replies::{raw_app, ready_status, run_all, select_7_works, sqlstates, tags};
 use support::rig::{within, Rig, STEP};
 use support::RawClient;
-
-/// A raw client logged in as `app` on `port`.
-async fn raw_app(port: u16) -> anyhow::Result<RawClient> {
-    let mut raw = RawClient::connect(port).await?;
-    raw.login("app", "app-secret", "app").await?;
-    Ok(raw)
-}
 
 /// One Sync-ended batch of `sqls`, each as libpq 17 pipelines a PQsendQuery:
 /// Parse, Bind, Describe portal, Execute, Close portal.
@@ -45,50 +39,30 @@ fn pipelined(sqls: &[&str]) -> anyhow::Result<BytesMut> {
     Ok(batch)
 }
 
-fn tags(msgs: &[BackendMsg]) -> String {
-    msgs.iter().map(|m| char::from(m.tag)).collect()
-}
-
 fn wire_len(msgs: &[BackendMsg]) -> u64 {
     msgs.iter().map(|m| 5 + m.body.len() as u64).sum()
 }
 
-fn sqlstates(msgs: &[BackendMsg]) -> Vec<String> {
-    msgs.iter()
-        .filter(|m| m.tag == b'E')
-        .filter_map(|m| {
-            error_fields(&m.body)
-                .into_iter()
-                .find(|(c, _)| *c == b'C')
-                .map(|(_, v)| v)
-        })
-        .collect()
-}
-
-fn ready_status(msgs: &[BackendMsg]) -> Option<char> {
-    msgs.last()
-        .filter(|m| m.tag == b'Z')
-        .and_then(|m| m.body.first())
-        .map(|&b| char::from(b))
-}
-
-/// Runs `batch` straight on the server (then `undo` as superuser, to remove
-/// what it committed) and
-/// returns its reply; then, through Suture, cuts the reply `owed` messages
-/// before its end and returns what the client got for the same batch.
+/// Runs `opening` as simple queries and then `batch` straight on the server
+/// (then `undo` as superuser, to remove what it committed) and returns the
+/// batch's reply; then, through Suture, runs the same, cuts the reply `owed`
+/// messages before its end and returns what the client got for the batch.
 async fn cut_before_the_end(
     rig: &Rig,
     raw: &mut RawClient,
+    opening: &[&str],
     batch: &[u8],
     owed: usize,
     undo: &str,
 ) -> anyhow::Result<(Vec<BackendMsg>, Vec<BackendMsg>)> {
     let mut direct = raw_app(rig.pg.port()).await?;
+    run_all(&mut direct, opening).await?;
     direct.send(batch).await?;
     let live = direct.read_until_ready(STEP).await?;
     drop(direct);
     ensure!(live.len() > owed, "direct reply {}", tags(&live));
     within(rig.superuser().await?.batch_execute(undo)).await??;
+    run_all(raw, opening).await?;
     let cut_at = wire_len(&live[..live.len() - owed]);
     rig.relay
         .cut_open_after(Direction::ToClient, cut_at)
@@ -101,30 +75,10 @@ async fn cut_before_the_end(
     Ok((live, got))
 }
 
-/// Runs each of `sqls` as a simple query, waiting for its ReadyForQuery.
-async fn run_all(raw: &mut RawClient, sqls: &[&str]) -> anyhow::Result<()> {
-    for sql in sqls {
-        raw.send_query(sql).await?;
-        raw.read_until_ready(STEP).await?;
-    }
-    Ok(())
-}
-
 async fn count(rig: &Rig, sql: &str) -> anyhow::Result<i64> {
     Ok(within(rig.superuser().await?.query_one(sql, &[]))
         .await??
         .get(0))
-}
-
-async fn select_7_works(raw: &mut RawClient) -> anyhow::Result<()> {
-    raw.send_query("SELECT 7::int4").await?;
-    let next = raw.read_until_ready(STEP).await?;
-    ensure!(
-        tags(&next) == "TDCZ" && ready_status(&next) == Some('I'),
-        "the session after the loss answered {}",
-        tags(&next)
-    );
-    Ok(())
 }
 
 /// BEGIN; INSERT; INSERT; COMMIT pipelined, lost after COMMIT's
@@ -145,7 +99,8 @@ async fn answered_commit_lost_before_ready_is_committed() -> anyhow::Result<()> 
             "COMMIT",
         ])?;
         let mut raw = raw_app(rig.suture.port()).await?;
-        let (live, got) = cut_before_the_end(&rig, &mut raw, &batch, 2, "TRUNCATE ready_t").await?;
+        let (live, got) =
+            cut_before_the_end(&rig, &mut raw, &[], &batch, 2, "TRUNCATE ready_t").await?;
         ensure!(
             tags(&got) == tags(&live) && sqlstates(&got).is_empty(),
             "answered COMMIT, lost before ReadyForQuery: got {} {:?}, a live server sends {}",
@@ -174,7 +129,7 @@ async fn open_block_lost_before_ready_is_told_at_the_next_statement() -> anyhow:
             .await??;
         let batch = pipelined(&["BEGIN", "INSERT INTO block_t VALUES (1)"])?;
         let mut raw = raw_app(rig.suture.port()).await?;
-        let (live, got) = cut_before_the_end(&rig, &mut raw, &batch, 1, "SELECT 1").await?;
+        let (live, got) = cut_before_the_end(&rig, &mut raw, &[], &batch, 1, "SELECT 1").await?;
         ensure!(
             tags(&got) == tags(&live) && sqlstates(&got).is_empty(),
             "open block, lost before ReadyForQuery: got {} {:?}, a live server sends {}",
@@ -215,7 +170,7 @@ async fn error_lost_before_ready_is_answered_once() -> anyhow::Result<()> {
     let result = async {
         let batch = pipelined(&["SELECT 1 / 0", "SELECT 2"])?;
         let mut raw = raw_app(rig.suture.port()).await?;
-        let (live, got) = cut_before_the_end(&rig, &mut raw, &batch, 1, "SELECT 1").await?;
+        let (live, got) = cut_before_the_end(&rig, &mut raw, &[], &batch, 1, "SELECT 1").await?;
         ensure!(
             tags(&got) == tags(&live) && sqlstates(&got) == ["22012"],
             "error, lost before ReadyForQuery: got {} {:?}, a live server sends {}",
@@ -288,24 +243,15 @@ async fn failed_commit_lost_before_ready_leaves_the_block() -> anyhow::Result<()
         .await??;
         let batch = pipelined(&["COMMIT"])?;
         let opening = ["BEGIN", "INSERT INTO fk_child VALUES (1)"];
-        let mut direct = raw_app(rig.pg.port()).await?;
-        run_all(&mut direct, &opening).await?;
-        direct.send(&batch).await?;
-        let live = direct.read_until_ready(STEP).await?;
-        drop(direct);
+        let mut raw = raw_app(rig.suture.port()).await?;
+        let (live, got) =
+            cut_before_the_end(&rig, &mut raw, &opening, &batch, 1, "SELECT 1").await?;
         ensure!(
             sqlstates(&live) == ["23503"] && ready_status(&live) == Some('I'),
             "a live server answers the failed COMMIT with {} {:?}",
             tags(&live),
             sqlstates(&live)
         );
-        let mut raw = raw_app(rig.suture.port()).await?;
-        run_all(&mut raw, &opening).await?;
-        rig.relay
-            .cut_open_after(Direction::ToClient, wire_len(&live[..live.len() - 1]))
-            .await?;
-        raw.send(&batch).await?;
-        let got = raw.read_until_ready(STEP).await?;
         ensure!(
             tags(&got) == tags(&live) && sqlstates(&got) == ["23503"],
             "failed COMMIT, lost before ReadyForQuery: got {} {:?}, a live server sends {}",

@@ -15,6 +15,7 @@ pub(crate) mod mysql_rig;
 pub(crate) mod pg_server;
 pub(crate) mod raw_client;
 pub(crate) mod raw_mysql;
+pub(crate) mod replies;
 pub(crate) mod rig;
 pub(crate) mod suture_proc;
 
