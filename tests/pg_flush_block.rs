@@ -210,3 +210,46 @@ async fn begin_behind_a_flush_then_lost_is_a_lost_block() -> anyhow::Result<()> 
     .await;
     rig.finish(result)
 }
+
+/// Inside a block, COMMIT AND CHAIN behind a Flush, answered: the block
+/// committed and a new one began, which is lost with the backend. The Sync
+/// must be told (08006, failed-block status), not given `I`, and the first
+/// block's row stays committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_and_chain_behind_a_flush_then_lost_is_a_lost_block() -> anyhow::Result<()> {
+    let rig = Rig::start(&[("min_idle", "0")]).await?;
+    let result = async {
+        let su = rig.superuser().await?;
+        within(su.batch_execute("CREATE TABLE fch_t (x int); GRANT ALL ON fch_t TO app")).await??;
+        let opening = ["BEGIN", "INSERT INTO fch_t VALUES (1)"];
+        let (live, live_sync) = live(&rig, &opening, "COMMIT AND CHAIN").await?;
+        ensure!(
+            tags(&live) == "12C" && ready_status(&live_sync) == Some('T'),
+            "a live server answers {} then {}",
+            tags(&live),
+            tags(&live_sync)
+        );
+        within(su.batch_execute("TRUNCATE fch_t")).await??;
+        let mut raw = raw_app(rig.suture.port()).await?;
+        let (got, got_sync) =
+            lost_after_flush(&rig, &mut raw, &opening, "COMMIT AND CHAIN").await?;
+        ensure!(
+            tags(&got) == "12C",
+            "COMMIT AND CHAIN behind a Flush: {}",
+            tags(&got)
+        );
+        ensure!(
+            sqlstates(&got_sync) == ["08006"] && ready_status(&got_sync) == Some('E'),
+            "the block COMMIT AND CHAIN began was lost, yet the Sync got {} {:?} status {:?}",
+            tags(&got_sync),
+            sqlstates(&got_sync),
+            ready_status(&got_sync)
+        );
+        run_all(&mut raw, &["ROLLBACK"]).await?;
+        let rows = count(&rig, "SELECT count(*) FROM fch_t").await?;
+        ensure!(rows == 1, "the committed row is there {rows} times");
+        select_7_works(&mut raw).await
+    }
+    .await;
+    rig.finish(result)
+}

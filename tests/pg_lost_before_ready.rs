@@ -232,6 +232,17 @@ async fn rollback_lost_after_an_answered_statement_repeats_nothing() -> anyhow::
 /// server's one error and `I`, and its next statement runs outside a block.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_commit_lost_before_ready_leaves_the_block() -> anyhow::Result<()> {
+    failed_commit_lost_before_ready("COMMIT").await
+}
+
+/// The same for COMMIT AND CHAIN: when the commit fails, no new block begins
+/// (xact.c leaves the block before it would chain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_commit_and_chain_lost_before_ready_leaves_the_block() -> anyhow::Result<()> {
+    failed_commit_lost_before_ready("COMMIT AND CHAIN").await
+}
+
+async fn failed_commit_lost_before_ready(commit: &str) -> anyhow::Result<()> {
     let rig = Rig::start(&[("min_idle", "0")]).await?;
     let result = async {
         let su = rig.superuser().await?;
@@ -241,27 +252,27 @@ async fn failed_commit_lost_before_ready_leaves_the_block() -> anyhow::Result<()
              GRANT ALL ON fk_parent, fk_child TO app",
         ))
         .await??;
-        let batch = pipelined(&["COMMIT"])?;
+        let batch = pipelined(&[commit])?;
         let opening = ["BEGIN", "INSERT INTO fk_child VALUES (1)"];
         let mut raw = raw_app(rig.suture.port()).await?;
         let (live, got) =
             cut_before_the_end(&rig, &mut raw, &opening, &batch, 1, "SELECT 1").await?;
         ensure!(
             sqlstates(&live) == ["23503"] && ready_status(&live) == Some('I'),
-            "a live server answers the failed COMMIT with {} {:?}",
+            "a live server answers the failed {commit} with {} {:?}",
             tags(&live),
             sqlstates(&live)
         );
         ensure!(
             tags(&got) == tags(&live) && sqlstates(&got) == ["23503"],
-            "failed COMMIT, lost before ReadyForQuery: got {} {:?}, a live server sends {}",
+            "failed {commit}, lost before ReadyForQuery: got {} {:?}, a live server sends {}",
             tags(&got),
             sqlstates(&got),
             tags(&live)
         );
         ensure!(
             ready_status(&got) == Some('I'),
-            "the failed COMMIT left the block, but the client was told {:?}",
+            "the failed {commit} left the block, but the client was told {:?}",
             ready_status(&got)
         );
         let rows = count(&rig, "SELECT count(*) FROM fk_child").await?;
@@ -270,4 +281,69 @@ async fn failed_commit_lost_before_ready_leaves_the_block() -> anyhow::Result<()
     }
     .await;
     rig.finish(result)
+}
+
+/// Inside a block, COMMIT AND CHAIN (or ROLLBACK AND CHAIN) pipelined, lost
+/// after its CommandComplete. The statement ended the block and began a new
+/// one, so a live server's ReadyForQuery says `T`: the client must get that,
+/// no error, and then be told at its next statement that the new block is
+/// gone (08006), never `I`, which would let the statements it meant for the
+/// new block run one by one outside any. `committed`: rows the first block
+/// leaves.
+async fn chain_lost_before_ready(end: &str, committed: i64) -> anyhow::Result<()> {
+    let rig = Rig::start(&[("min_idle", "0")]).await?;
+    let result = async {
+        let su = rig.superuser().await?;
+        within(su.batch_execute("CREATE TABLE chain_t (x int); GRANT ALL ON chain_t TO app"))
+            .await??;
+        let batch = pipelined(&[end])?;
+        let opening = ["BEGIN", "INSERT INTO chain_t VALUES (1)"];
+        let mut raw = raw_app(rig.suture.port()).await?;
+        let (live, got) =
+            cut_before_the_end(&rig, &mut raw, &opening, &batch, 2, "TRUNCATE chain_t").await?;
+        ensure!(
+            ready_status(&live) == Some('T'),
+            "a live server ends {end} with {}",
+            tags(&live)
+        );
+        ensure!(
+            tags(&got) == tags(&live) && sqlstates(&got).is_empty(),
+            "{end}, lost before ReadyForQuery: got {} {:?}, a live server sends {}",
+            tags(&got),
+            sqlstates(&got),
+            tags(&live)
+        );
+        ensure!(
+            ready_status(&got) == Some('T'),
+            "{end} began a new block, but the client was told {:?}",
+            ready_status(&got)
+        );
+        raw.send_query("INSERT INTO chain_t VALUES (2)").await?;
+        let next = raw.read_until_ready(STEP).await?;
+        ensure!(
+            sqlstates(&next) == ["08006"] && ready_status(&next) == Some('E'),
+            "the statement after the lost new block got {} {:?}",
+            tags(&next),
+            sqlstates(&next)
+        );
+        run_all(&mut raw, &["ROLLBACK"]).await?;
+        let rows = count(&rig, "SELECT count(*) FROM chain_t").await?;
+        ensure!(
+            rows == committed,
+            "{end} left {rows} rows, the first block {committed}"
+        );
+        select_7_works(&mut raw).await
+    }
+    .await;
+    rig.finish(result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_and_chain_lost_before_ready_is_a_new_block() -> anyhow::Result<()> {
+    chain_lost_before_ready("COMMIT AND CHAIN", 1).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_and_chain_lost_before_ready_is_a_new_block() -> anyhow::Result<()> {
+    chain_lost_before_ready("ROLLBACK AND CHAIN", 0).await
 }
