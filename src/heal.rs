@@ -392,6 +392,7 @@ mod tests {
                 executes: true,
                 ends_tx: Some(TxEnd::Commit),
                 waits: true,
+                chains: false,
             },
             ..request(false, true)
         };
@@ -477,6 +478,7 @@ mod tests {
                 executes: true,
                 ends_tx: Some(TxEnd::Commit),
                 waits: true,
+                chains: false,
             },
             ..request(true, true)
         };
@@ -579,6 +581,7 @@ mod tests {
                         may_commit: b(3),
                         ends_tx: None,
                         waits: true,
+                        chains: false,
                     },
                     retained: b(4),
                     skipped: false,
@@ -705,6 +708,7 @@ mod tests {
             executes: true,
             ends_tx: Some(TxEnd::Commit),
             waits: true,
+            chains: false,
         };
         let (out, after) = answers(
             &[

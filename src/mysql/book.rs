@@ -166,6 +166,8 @@ impl MyBook {
             may_commit: true,
             ends_tx: None,
             waits: true,
+            // MySQL says in every OK packet whether a transaction is open.
+            chains: false,
         })
     }
 

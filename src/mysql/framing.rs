@@ -30,6 +30,8 @@ const ANYTHING: Traits = Traits {
     may_commit: true,
     ends_tx: None,
     waits: true,
+    // MySQL says in every OK packet whether a transaction is open.
+    chains: false,
 };
 
 /// A command whose packets are still being walked.

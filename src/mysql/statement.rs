@@ -76,6 +76,8 @@ impl Facts {
             may_commit: self.may_commit,
             ends_tx: self.ends_transaction,
             waits: true,
+            // MySQL says in every OK packet whether a transaction is open.
+            chains: false,
         }
     }
 }

@@ -119,6 +119,7 @@ impl Tracker {
                 may_commit: true,
                 ends_tx: None,
                 waits: true,
+                chains: true,
             },
             None => Traits::default(),
         }
@@ -183,6 +184,7 @@ mod tests {
             may_commit: true,
             ends_tx: Some(crate::session::ledger::TxEnd::Commit),
             waits: true,
+            chains: false,
         };
         t.parse_sent("c1", commit, None);
         t.parse_sent("", Traits::default(), None);

@@ -19,6 +19,7 @@ const UNKNOWN: Traits = Traits {
     may_commit: true,
     ends_tx: None,
     waits: true,
+    chains: true,
 };
 /// Traits of a message the server may make wait (Parse, Bind, Describe) but that runs nothing.
 const WAITS: Traits = Traits {
@@ -26,6 +27,7 @@ const WAITS: Traits = Traits {
     may_commit: false,
     ends_tx: None,
     waits: true,
+    chains: false,
 };
 
 /// Records one client message (`message` is the whole message, header included); returns
@@ -175,6 +177,8 @@ pub(crate) fn note_streamed_piece(
                 may_commit: request.statement.judge(|s| s.may_commit()),
                 ends_tx: None,
                 waits: true,
+                // Only the head of the text was read: it may chain anywhere after.
+                chains: true,
             };
             end_or_continue(tracker, piece, first, Some(traits));
         }
@@ -187,6 +191,8 @@ pub(crate) fn note_streamed_piece(
                 may_commit: request.statement.judge(|s| s.may_commit()),
                 ends_tx: None,
                 waits: true,
+                // Only the head of the text was read: it may chain anywhere after.
+                chains: true,
             };
             tracker.parse_sent(request.name.as_deref().unwrap_or_default(), traits, None);
             end_or_continue(tracker, piece, first, None);
@@ -249,6 +255,7 @@ fn note_parse(body: &[u8], message: &[u8], tracker: &mut Tracker) {
         may_commit: statement.may_commit(),
         ends_tx: statement.ends_transaction(),
         waits: true,
+        chains: statement.may_chain(),
     };
     let named = (!name.is_empty()).then(|| (name.to_string(), Bytes::copy_from_slice(message)));
     tracker.parse_sent(&name, traits, named);
@@ -275,6 +282,7 @@ fn note_query(body: &[u8], message: &[u8], tracker: &mut Tracker) {
             may_commit: s.may_commit(),
             ends_tx: s.ends_transaction(),
             waits: true,
+            chains: s.may_chain(),
         },
         None => UNKNOWN,
     };

@@ -245,6 +245,26 @@ impl<'a> Statement<'a> {
         }
     }
 
+    /// Whether a transaction end in the statement may begin a new block as it ends the old
+    /// one: COMMIT, END, ROLLBACK or ABORT ... AND CHAIN. Several statements may whenever
+    /// any word is CHAIN.
+    pub(crate) fn may_chain(&self) -> bool {
+        if self.several {
+            return self
+                .head
+                .as_bytes()
+                .windows(b"chain".len())
+                .any(|w| w.eq_ignore_ascii_case(b"chain"));
+        }
+        if !matches!(self.lead, b'r' | b'a' | b'c' | b'e') {
+            return false;
+        }
+        let mut last = self.words().rev();
+        let is =
+            |word: Option<&str>, want: &str| word.is_some_and(|w| w.eq_ignore_ascii_case(want));
+        is(last.next(), "chain") && is(last.next(), "and")
+    }
+
     /// The same as the function `may_taint_session` on the text.
     pub(crate) fn may_taint_session(&self) -> bool {
         let starts = tainting_starts(self.lead).iter().any(|start| {
@@ -499,6 +519,23 @@ mod tests {
             "",
         ] {
             assert_eq!(markers_of(sql.as_bytes()), markers_by_search(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn chained_transaction_ends_are_recognised() {
+        for (sql, chains) in [
+            ("COMMIT AND CHAIN", true),
+            ("rollback work and chain;", true),
+            ("END TRANSACTION AND CHAIN", true),
+            ("abort and\tchain", true),
+            ("COMMIT AND NO CHAIN", false),
+            ("COMMIT", false),
+            ("SELECT 'and chain'", false),
+            ("INSERT INTO t VALUES (1); COMMIT AND CHAIN", true),
+            ("SELECT 1; SELECT 2", false),
+        ] {
+            assert_eq!(Statement::new(sql).may_chain(), chains, "{sql}");
         }
     }
 

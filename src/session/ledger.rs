@@ -77,6 +77,9 @@ pub(crate) struct Traits {
     /// The server may make it wait (for a lock, for replication): anything but closing a
     /// statement or a bare sync.
     pub(crate) waits: bool,
+    /// A transaction end in it may begin a new block as it ends the old one (COMMIT or
+    /// ROLLBACK AND CHAIN, PostgreSQL).
+    pub(crate) chains: bool,
 }
 
 impl Traits {
@@ -85,6 +88,7 @@ impl Traits {
         self.may_commit |= other.may_commit;
         self.ends_tx = self.ends_tx.or(other.ends_tx);
         self.waits |= other.waits;
+        self.chains |= other.chains;
     }
 }
 
@@ -302,7 +306,7 @@ impl<N> Ledger<N> {
         request.parts += u32::from(counted);
         if counted {
             request.trailing_closes = 0;
-            if traits.ends_tx == Some(TxEnd::Commit) {
+            if traits.ends_tx == Some(TxEnd::Commit) || traits.chains && traits.may_commit {
                 request.commit_parts |= part_bit(request.parts - 1);
             }
         }
@@ -319,9 +323,19 @@ impl<N> Ledger<N> {
         }
     }
 
-    /// A statement of the oldest request completed (its reply says how).
+    /// A statement of the oldest request completed (its reply says how). In a request that
+    /// may chain, a COMMIT or ROLLBACK may have begun a new block as it ended the old one, and
+    /// is taken to have: a new block the client is wrongly told is lost costs it a ROLLBACK,
+    /// while a block it is wrongly told is over would let the statements it meant for it run
+    /// one by one outside any.
     pub(crate) fn statement_completed(&mut self, done: Completion) {
         if let Some(front) = self.requests.front_mut() {
+            let done = match done {
+                Completion::Ended | Completion::RolledBack if front.traits.chains => {
+                    Completion::Began
+                }
+                done => done,
+            };
             front.progress = front.progress.then(done);
         }
     }
@@ -644,12 +658,14 @@ mod tests {
         may_commit: false,
         ends_tx: None,
         waits: true,
+        chains: false,
     };
     const NOTHING: Traits = Traits {
         executes: false,
         may_commit: false,
         ends_tx: None,
         waits: false,
+        chains: false,
     };
 
     fn ledger() -> Ledger<u32> {
@@ -924,6 +940,19 @@ mod tests {
         assert_eq!(
             flushed_statement(TxState::InBlock, Q, None),
             TxState::Failed
+        );
+        // COMMIT AND CHAIN answered: a new block began; failed, it left the block.
+        let chained = Traits {
+            chains: true,
+            ..commit
+        };
+        assert_eq!(
+            flushed_statement(TxState::InBlock, chained, Some(Ended)),
+            TxState::InBlock
+        );
+        assert_eq!(
+            flushed_statement(TxState::InBlock, chained, None),
+            TxState::ImplicitFailed
         );
         // Other statements leave the block as it was, or open an implicit transaction.
         assert_eq!(
