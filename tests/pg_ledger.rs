@@ -142,8 +142,8 @@ enum Outcome {
 struct ClientLog {
     /// Rows the client was told are committed.
     acked: Vec<(i32, i32)>,
-    /// For acknowledged transactions: when each step returned (unix time,
-    /// to match against Suture's log if a row goes missing).
+    /// For acknowledged transactions: when each step returned (UTC time of
+    /// day, to match against Suture's log if a row goes missing).
     traces: HashMap<(i32, i32), String>,
     /// Every key the client sent in some INSERT.
     attempted: Vec<(i32, i32)>,
@@ -157,10 +157,30 @@ struct ClientLog {
     attempts: u64,
     /// Per op: how long the slowest one took, and the total.
     latency: BTreeMap<Op, (Duration, Duration)>,
+    /// The client's id, for [`ClientLog::hangs`].
+    id: i32,
+    /// Each statement that got no answer: which, and when it was sent (UTC time of day, to
+    /// find its session in Suture's log).
+    hangs: Vec<String>,
 }
 
 impl ClientLog {
+    fn new(id: i32) -> ClientLog {
+        ClientLog {
+            id,
+            ..ClientLog::default()
+        }
+    }
+
     fn record(&mut self, op: Op, outcome: Outcome, took: Duration) {
+        if outcome == Outcome::Hung {
+            let sent = std::time::SystemTime::now() - took;
+            self.hangs.push(format!(
+                "client {} {op:?} sent at {}",
+                self.id,
+                unix_time(sent)
+            ));
+        }
         *self.outcomes.entry((op, outcome)).or_insert(0) += 1;
         let slot = self.latency.entry(op).or_default();
         slot.0 = slot.0.max(took);
@@ -256,10 +276,20 @@ fn note(notice: &tokio_postgres::error::DbError) {
 }
 
 fn unix_now() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format!("{}.{:03}", t.as_secs(), t.subsec_millis())
+    unix_time(std::time::SystemTime::now())
+}
+
+/// `at` as the time of day in UTC, as Suture's log writes it (HH:MM:SS.mmm).
+fn unix_time(at: std::time::SystemTime) -> String {
+    let t = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let day = t.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day / 3600,
+        day / 60 % 60,
+        day % 60,
+        t.subsec_millis()
+    )
 }
 
 fn first_line(s: &str) -> String {
@@ -314,7 +344,7 @@ fn insert_sql(client: i32, seq: i32, slow: bool) -> String {
 async fn run_client(id: i32, port: u16, seed: u64, stop: Arc<AtomicBool>) -> ClientLog {
     let mut rng =
         StdRng::seed_from_u64(seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(id as u64 + 1)));
-    let mut log = ClientLog::default();
+    let mut log = ClientLog::new(id);
     let mut conn: Option<Conn> = None;
     let mut seq: i32 = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -506,7 +536,7 @@ fn raw_error(msgs: &[BackendMsg]) -> Option<(Outcome, String)> {
 async fn run_flush_client(id: i32, port: u16, seed: u64, stop: Arc<AtomicBool>) -> ClientLog {
     let mut rng =
         StdRng::seed_from_u64(seed ^ (0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(id as u64 + 1)));
-    let mut log = ClientLog::default();
+    let mut log = ClientLog::new(id);
     let mut conn: Option<RawClient> = None;
     let mut seq: i32 = 0;
     while !stop.load(Ordering::Relaxed) {
@@ -1096,6 +1126,9 @@ async fn ledger_no_lost_ack_no_double_execution_truthful_errors() -> anyhow::Res
         s.push_str(&format!("  {what}: {ops:?}\n"));
     }
     s.push_str(&format!("hung (no reply within {STEP:?}): {hung:?}\n"));
+    for hang in logs.iter().flat_map(|l| &l.hangs) {
+        s.push_str(&format!("  {hang}\n"));
+    }
     s.push_str("faults injected:\n");
     for (kind, n) in &faults.count {
         s.push_str(&format!("  {kind}: {n}\n"));
