@@ -201,6 +201,36 @@ async fn blackhole_stalls_old_flows_while_new_flows_work() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A chunk the relay had read but not yet written when a black hole began
+/// is held, not dropped: after the resume it arrives, as TCP would deliver
+/// it after a transient outage. (Found by pg_ledger: a query swallowed this
+/// way left its session on a live connection waiting for a reply forever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_holds_a_chunk_already_read() -> anyhow::Result<()> {
+    let (echo, relay) = setup().await?;
+    let mut sock = connect(&relay).await?;
+    roundtrip(&mut sock, b"warm").await?;
+    let before = echo.received.load(Ordering::SeqCst);
+    // Each chunk waits this long in the relay before it is written.
+    relay.set_delay(Duration::from_millis(300));
+    sock.write_all(b"in flight").await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    relay.blackhole_all().await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ensure!(
+        echo.received.load(Ordering::SeqCst) == before,
+        "bytes reached the server during the black hole"
+    );
+    relay.set_delay(Duration::ZERO);
+    relay.resume_all().await?;
+    let mut back = [0_u8; 9];
+    tokio::time::timeout(LIMIT, sock.read_exact(&mut back))
+        .await
+        .context("the chunk read before the black hole never arrived")??;
+    ensure!(&back == b"in flight", "resumed flow echoed {back:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_towards_client_delivers_exactly_n_bytes_then_reset() -> anyhow::Result<()> {
     let (_echo, relay) = setup().await?;
