@@ -400,6 +400,15 @@ async fn open_flow(client: TcpStream, shared: Arc<Shared>) {
     shared.spawn(to_client.run());
 }
 
+/// Records that direction `idx` of `flow` acted on command `generation`.
+fn ack(flow: &Flow, idx: usize, generation: u64) {
+    flow.acked.send_modify(|a| {
+        if a[idx] != ENDED {
+            a[idx] = generation;
+        }
+    });
+}
+
 /// Marks a copy task as ended however it ends (including abort).
 struct EndGuard {
     flow: Arc<Flow>,
@@ -509,14 +518,17 @@ impl Pump {
         }
     }
 
-    /// Delay (if set) and write one chunk; gives up when the flow leaves
-    /// the forwarding mode meanwhile.
+    /// Delay (if set) and write one chunk. A black hole meanwhile holds the
+    /// chunk until the flow forwards again (it was read from the source
+    /// already: dropping it would lose bytes from the middle of a live TCP
+    /// stream, which no network does); a reset or FIN gives it up.
     async fn forward(
         &mut self,
         chunk: &[u8],
         ctl: &mut watch::Receiver<FlowState>,
     ) -> Result<(), Next> {
         let delay = self.shared.delay();
+        let idx = self.dir.index();
         let Pump { dst, flow, .. } = self;
         let work = async {
             if !delay.is_zero() {
@@ -540,8 +552,20 @@ impl Pump {
                     if changed.is_err() {
                         return Err(Next::Done);
                     }
-                    if ctl.borrow().mode != Mode::Forward {
-                        return Err(Next::Reconsider);
+                    // Held without polling the write, acknowledging each
+                    // command, until the flow forwards again or ends.
+                    loop {
+                        let st = *ctl.borrow();
+                        match st.mode {
+                            Mode::Forward => break,
+                            Mode::Rst | Mode::Fin => return Err(Next::Reconsider),
+                            Mode::Blackhole => {
+                                ack(flow, idx, st.generation);
+                                if ctl.changed().await.is_err() {
+                                    return Err(Next::Done);
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -549,12 +573,7 @@ impl Pump {
     }
 
     fn ack(&self, generation: u64) {
-        let idx = self.dir.index();
-        self.flow.acked.send_modify(|a| {
-            if a[idx] != ENDED {
-                a[idx] = generation;
-            }
-        });
+        ack(&self.flow, self.dir.index(), generation);
     }
 
     /// SO_LINGER 0 on both sockets, then close our halves without a FIN.
