@@ -14,7 +14,9 @@ use anyhow::{ensure, Context as _};
 use bytes::BytesMut;
 use std::time::Duration;
 use support::raw_client::{ext, BackendMsg};
-use support::replies::{raw_app, ready_status, run_all, select_7_works, sqlstates, tags};
+use support::replies::{
+    raw_app, ready_status, rollback_ends_the_block, run_all, select_7_works, sqlstates, tags,
+};
 use support::rig::{within, Rig, STEP};
 use support::RawClient;
 
@@ -75,12 +77,6 @@ async fn lost_after_flush(
     Ok((answered, at_sync))
 }
 
-async fn count(rig: &Rig, sql: &str) -> anyhow::Result<i64> {
-    Ok(within(rig.superuser().await?.query_one(sql, &[]))
-        .await??
-        .get(0))
-}
-
 /// Inside a block, COMMIT behind a Flush, answered: the block committed, so
 /// the Sync after the loss gets the idle ReadyForQuery a live server sends,
 /// no error, and the rows are there.
@@ -115,7 +111,7 @@ async fn commit_behind_a_flush_then_lost_is_committed() -> anyhow::Result<()> {
             sqlstates(&got_sync),
             ready_status(&got_sync)
         );
-        let rows = count(&rig, "SELECT count(*) FROM fc_t").await?;
+        let rows = rig.count("SELECT count(*) FROM fc_t").await?;
         ensure!(rows == 1, "the committed row is there {rows} times");
         select_7_works(&mut raw).await
     }
@@ -164,7 +160,7 @@ async fn failed_commit_behind_a_flush_then_lost_leaves_the_block() -> anyhow::Re
             sqlstates(&got_sync),
             ready_status(&got_sync)
         );
-        let rows = count(&rig, "SELECT count(*) FROM ffk_child").await?;
+        let rows = rig.count("SELECT count(*) FROM ffk_child").await?;
         ensure!(rows == 0, "the failed COMMIT left {rows} rows");
         select_7_works(&mut raw).await
     }
@@ -198,13 +194,7 @@ async fn begin_behind_a_flush_then_lost_is_a_lost_block() -> anyhow::Result<()> 
             sqlstates(&got_sync),
             ready_status(&got_sync)
         );
-        raw.send_query("ROLLBACK").await?;
-        let rollback = raw.read_until_ready(STEP).await?;
-        ensure!(
-            tags(&rollback) == "CZ" && ready_status(&rollback) == Some('I'),
-            "ROLLBACK of the lost block: {}",
-            tags(&rollback)
-        );
+        rollback_ends_the_block(&mut raw).await?;
         select_7_works(&mut raw).await
     }
     .await;
@@ -245,8 +235,8 @@ async fn commit_and_chain_behind_a_flush_then_lost_is_a_lost_block() -> anyhow::
             sqlstates(&got_sync),
             ready_status(&got_sync)
         );
-        run_all(&mut raw, &["ROLLBACK"]).await?;
-        let rows = count(&rig, "SELECT count(*) FROM fch_t").await?;
+        rollback_ends_the_block(&mut raw).await?;
+        let rows = rig.count("SELECT count(*) FROM fch_t").await?;
         ensure!(rows == 1, "the committed row is there {rows} times");
         select_7_works(&mut raw).await
     }

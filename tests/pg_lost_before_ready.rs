@@ -20,7 +20,9 @@ use anyhow::{ensure, Context as _};
 use bytes::BytesMut;
 use support::fault_relay::Direction;
 use support::raw_client::{ext, BackendMsg};
-use support::replies::{raw_app, ready_status, run_all, select_7_works, sqlstates, tags};
+use support::replies::{
+    raw_app, ready_status, rollback_ends_the_block, run_all, select_7_works, sqlstates, tags,
+};
 use support::rig::{within, Rig, STEP};
 use support::RawClient;
 
@@ -75,12 +77,6 @@ async fn cut_before_the_end(
     Ok((live, got))
 }
 
-async fn count(rig: &Rig, sql: &str) -> anyhow::Result<i64> {
-    Ok(within(rig.superuser().await?.query_one(sql, &[]))
-        .await??
-        .get(0))
-}
-
 /// BEGIN; INSERT; INSERT; COMMIT pipelined, lost after COMMIT's
 /// CommandComplete (its CloseComplete and the ReadyForQuery missing): the
 /// transaction committed, so the client gets the CloseComplete and an idle
@@ -109,7 +105,7 @@ async fn answered_commit_lost_before_ready_is_committed() -> anyhow::Result<()> 
             tags(&live)
         );
         ensure!(ready_status(&got) == Some('I'), "{}", tags(&got));
-        let rows = count(&rig, "SELECT count(*) FROM ready_t").await?;
+        let rows = rig.count("SELECT count(*) FROM ready_t").await?;
         ensure!(rows == 2, "the committed transaction left {rows} rows");
         select_7_works(&mut raw).await
     }
@@ -146,14 +142,8 @@ async fn open_block_lost_before_ready_is_told_at_the_next_statement() -> anyhow:
             tags(&next),
             sqlstates(&next)
         );
-        raw.send_query("ROLLBACK").await?;
-        let rollback = raw.read_until_ready(STEP).await?;
-        ensure!(
-            tags(&rollback) == "CZ" && ready_status(&rollback) == Some('I'),
-            "ROLLBACK of the lost block: {}",
-            tags(&rollback)
-        );
-        let rows = count(&rig, "SELECT count(*) FROM block_t").await?;
+        rollback_ends_the_block(&mut raw).await?;
+        let rows = rig.count("SELECT count(*) FROM block_t").await?;
         ensure!(rows == 0, "the lost block left {rows} rows");
         select_7_works(&mut raw).await
     }
@@ -217,7 +207,7 @@ async fn rollback_lost_after_an_answered_statement_repeats_nothing() -> anyhow::
             tags(&live)
         );
         ensure!(ready_status(&got) == Some('I'), "{}", tags(&got));
-        let rows = count(&rig, "SELECT count(*) FROM back_t").await?;
+        let rows = rig.count("SELECT count(*) FROM back_t").await?;
         ensure!(rows == 0, "the rolled-back block left {rows} rows");
         select_7_works(&mut raw).await
     }
@@ -275,7 +265,7 @@ async fn failed_commit_lost_before_ready(commit: &str) -> anyhow::Result<()> {
             "the failed {commit} left the block, but the client was told {:?}",
             ready_status(&got)
         );
-        let rows = count(&rig, "SELECT count(*) FROM fk_child").await?;
+        let rows = rig.count("SELECT count(*) FROM fk_child").await?;
         ensure!(rows == 0, "the failed COMMIT left {rows} rows");
         select_7_works(&mut raw).await
     }
@@ -326,8 +316,8 @@ async fn chain_lost_before_ready(end: &str, committed: i64) -> anyhow::Result<()
             tags(&next),
             sqlstates(&next)
         );
-        run_all(&mut raw, &["ROLLBACK"]).await?;
-        let rows = count(&rig, "SELECT count(*) FROM chain_t").await?;
+        rollback_ends_the_block(&mut raw).await?;
+        let rows = rig.count("SELECT count(*) FROM chain_t").await?;
         ensure!(
             rows == committed,
             "{end} left {rows} rows, the first block {committed}"

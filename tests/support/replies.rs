@@ -1,7 +1,7 @@
 //! What the exact-wire PostgreSQL tests read off a reply: its message tags, the
 //! SQLSTATEs of its errors and the status of its ReadyForQuery; and the few
 //! raw-client steps those tests share (log in as `app`, run simple queries,
-//! check the session still answers).
+//! end a lost block, check the session still answers).
 
 use anyhow::ensure;
 
@@ -58,6 +58,18 @@ pub(crate) async fn select_7_works(raw: &mut RawClient) -> anyhow::Result<()> {
         tags(&next) == "TDCZ" && ready_status(&next) == Some('I'),
         "the session after the loss answered {}",
         tags(&next)
+    );
+    Ok(())
+}
+
+/// ROLLBACK ends the lost block the client is in: answered as done, idle.
+pub(crate) async fn rollback_ends_the_block(raw: &mut RawClient) -> anyhow::Result<()> {
+    raw.send_query("ROLLBACK").await?;
+    let rollback = raw.read_until_ready(STEP).await?;
+    ensure!(
+        tags(&rollback) == "CZ" && ready_status(&rollback) == Some('I'),
+        "ROLLBACK of the lost block: {}",
+        tags(&rollback)
     );
     Ok(())
 }

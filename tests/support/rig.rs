@@ -66,6 +66,14 @@ impl Rig {
         superuser_of(&self.pg).await
     }
 
+    /// The one number `sql` (a `SELECT count(*) ...`) returns, read as superuser straight
+    /// from PostgreSQL.
+    pub(crate) async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        Ok(within(self.superuser().await?.query_one(sql, &[]))
+            .await??
+            .get(0))
+    }
+
     /// A plain tokio-postgres session as `app` through a relay of its own,
     /// for the "direct connection" column.
     pub(crate) async fn direct_via_relay(&self) -> anyhow::Result<(FaultRelay, Watched)> {
