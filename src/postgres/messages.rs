@@ -389,6 +389,29 @@ mod tests {
         assert!(last.is_some_and(|tr| tr.may_commit && tr.executes));
     }
 
+    /// A statement Suture never saw prepared may do anything, but an error answering it is
+    /// not a failed COMMIT: inside a block, the block is failed, not left.
+    #[test]
+    fn an_unknown_statement_failing_in_a_block_leaves_it_failed() {
+        let mut t = Tracker::default();
+        t.ledger.clear(TxState::InBlock);
+        let batch = [
+            message(b'B', b"\0never-seen\0\0\0\0\0\0\0"),
+            message(b'E', b"\0\0\0\0\0"),
+            message(b'S', b""),
+        ];
+        for m in &batch {
+            note(&mut t, m);
+        }
+        let sent: usize = batch.iter().map(Vec::len).sum();
+        t.ledger.accepted(sent, &mut |_| {});
+        t.ledger
+            .reply(Reply::Part { answers_part: true }, 5, &mut |_| {});
+        t.ledger.reply(Reply::Error, 30, &mut |_| {});
+        let owed = t.ledger.owes_only_ready().map(|o| o.ready);
+        assert_eq!(owed, Some(TxState::Failed));
+    }
+
     #[test]
     fn a_non_utf8_query_is_an_ordinary_query() {
         let mut t = Tracker::default();
