@@ -119,7 +119,9 @@ impl Tracker {
                 may_commit: true,
                 ends_tx: None,
                 waits: true,
-                chains: true,
+                // Taken not to chain, as `messages::UNKNOWN` (its errors are not a failed
+                // COMMIT's).
+                chains: false,
             },
             None => Traits::default(),
         }

@@ -19,7 +19,10 @@ const UNKNOWN: Traits = Traits {
     may_commit: true,
     ends_tx: None,
     waits: true,
-    chains: true,
+    // Not taken to chain: with `may_commit`, that would take any error answering it for a
+    // failed COMMIT, which leaves the block, when it is far likelier a statement failing
+    // inside the block.
+    chains: false,
 };
 /// Traits of a message the server may make wait (Parse, Bind, Describe) but that runs nothing.
 const WAITS: Traits = Traits {
@@ -177,8 +180,8 @@ pub(crate) fn note_streamed_piece(
                 may_commit: request.statement.judge(|s| s.may_commit()),
                 ends_tx: None,
                 waits: true,
-                // Only the head of the text was read: it may chain anywhere after.
-                chains: true,
+                // Only the head of the text was read; taken not to chain, as UNKNOWN.
+                chains: false,
             };
             end_or_continue(tracker, piece, first, Some(traits));
         }
@@ -191,8 +194,8 @@ pub(crate) fn note_streamed_piece(
                 may_commit: request.statement.judge(|s| s.may_commit()),
                 ends_tx: None,
                 waits: true,
-                // Only the head of the text was read: it may chain anywhere after.
-                chains: true,
+                // Only the head of the text was read; taken not to chain, as UNKNOWN.
+                chains: false,
             };
             tracker.parse_sent(request.name.as_deref().unwrap_or_default(), traits, None);
             end_or_continue(tracker, piece, first, None);
