@@ -178,7 +178,7 @@ impl ClientLog {
             self.hangs.push(format!(
                 "client {} {op:?} sent at {}",
                 self.id,
-                unix_time(sent)
+                utc_time_of_day(sent)
             ));
         }
         *self.outcomes.entry((op, outcome)).or_insert(0) += 1;
@@ -275,12 +275,12 @@ fn note(notice: &tokio_postgres::error::DbError) {
     }
 }
 
-fn unix_now() -> String {
-    unix_time(std::time::SystemTime::now())
+fn utc_now() -> String {
+    utc_time_of_day(std::time::SystemTime::now())
 }
 
 /// `at` as the time of day in UTC, as Suture's log writes it (HH:MM:SS.mmm).
-fn unix_time(at: std::time::SystemTime) -> String {
+fn utc_time_of_day(at: std::time::SystemTime) -> String {
     let t = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let day = t.as_secs() % 86_400;
     format!(
@@ -684,7 +684,7 @@ async fn run_transaction(
                         ));
                     }
                 }
-                trace.push_str(&format!("{op:?} ok at {} ", unix_now()));
+                trace.push_str(&format!("{op:?} ok at {} ", utc_now()));
                 if op == Op::Commit {
                     log.acked.push((id, first));
                     log.acked.push((id, second));
