@@ -32,15 +32,7 @@ async fn flushed(raw: &mut RawClient, sql: &str) -> anyhow::Result<Vec<BackendMs
     ext::execute(&mut batch)?;
     ext::flush(&mut batch);
     raw.send(&batch).await?;
-    let mut got = Vec::new();
-    loop {
-        let msg = raw.read_message(STEP).await?;
-        let tag = msg.tag;
-        got.push(msg);
-        if tag == b'C' || tag == b'E' {
-            return Ok(got);
-        }
-    }
+    raw.read_until_any(b"CE", STEP).await
 }
 
 async fn sync(raw: &mut RawClient) -> anyhow::Result<Vec<BackendMsg>> {

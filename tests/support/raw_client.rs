@@ -215,12 +215,21 @@ impl RawClient {
         tag: u8,
         limit: Duration,
     ) -> anyhow::Result<Vec<BackendMsg>> {
+        self.read_until_any(&[tag], limit).await
+    }
+
+    /// Reads messages until one with any of `tags` arrives; returns all read.
+    pub(crate) async fn read_until_any(
+        &mut self,
+        tags: &[u8],
+        limit: Duration,
+    ) -> anyhow::Result<Vec<BackendMsg>> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut out = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let msg = self.read_message(left).await?;
-            let done = msg.tag == tag;
+            let done = tags.contains(&msg.tag);
             out.push(msg);
             if done {
                 return Ok(out);
